@@ -147,3 +147,130 @@ def test_openflamingo_paper_width_params() -> None:
         r = PerceiverResampler(1024, depth=6, heads=8, dim_head=64, num_latents=64)
     total = sum(p.numel() for p in r.parameters())
     assert abs(total - 63.0e6) <= 0.01 * 63.0e6
+
+
+# ---- the perceiver prefix bridge ---------------------------------------------------------------------------------
+
+import bridges  # noqa: E402  (registers the built-in bridges)
+from bridges.base import BRIDGES, BridgeIO, EncoderInfo, LMInfo  # noqa: E402
+from bridges.perceiver import PerceiverBridge, PerceiverBridgeConfig  # noqa: E402
+from bridges.presets import get_preset  # noqa: E402
+from encoders.base import VisionFeatures  # noqa: E402
+
+
+def _tiny(**overrides) -> PerceiverBridge:
+    preset = get_preset("perceiver", "tiny")
+    return BRIDGES.build({"name": "perceiver", **preset.overrides, **overrides}, preset.io).eval()
+
+
+def _features(n: int, grid: tuple[int, int] = (4, 4), width: int = 32, cls: bool = False) -> dict:
+    tokens = torch.randn(n, grid[0] * grid[1] + int(cls), width)
+    return {"tiny": VisionFeatures((tokens,), (1,), grid, width, num_prefix=int(cls))}
+
+
+def test_bridge_is_registered_with_its_yaml() -> None:
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    assert "perceiver" in bridges.list_bridges()
+    yaml = OmegaConf.load(Path(__file__).parents[1] / "experiments/configs/bridge/perceiver.yaml")
+    entry, config = BRIDGES.make_config(yaml)
+    assert entry.cls is PerceiverBridge
+    assert config == PerceiverBridgeConfig()  # the YAML lists the dataclass defaults
+    from encoders.registry import ConfigError
+
+    with pytest.raises(ConfigError, match="num_latent"):
+        BRIDGES.make_config({"name": "perceiver", "num_latent": 3})
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (4, 4), (7, 5)])
+def test_bridge_output_length_is_latent_count(grid: tuple[int, int]) -> None:
+    bridge = _tiny()
+    out = bridge(_features(3, grid))
+    assert out.shape == (3, bridge.num_visual_tokens(), 64) and bridge.num_visual_tokens() == 8
+
+
+def test_bridge_video_gives_one_latent_set_per_video() -> None:
+    bridge = _tiny()
+    feats = _features(2 * 3)
+    out = bridge(feats, num_frames=3)
+    assert out.shape == (2, 8, 64) and bridge.num_visual_tokens(3) == 8
+    # video 1 only depends on its own frames, and frame order matters (frame embeddings)
+    torch.testing.assert_close(bridge(_features_slice(feats, slice(3, 6)), num_frames=3), out[1:], atol=1e-5, rtol=0)
+    reordered = _features_slice(feats, [2, 1, 0, 3, 4, 5])
+    assert not torch.allclose(bridge(reordered, num_frames=3)[0], out[0], atol=1e-4)
+    with pytest.raises(ValueError, match="multiple of num_frames"):
+        bridge(_features(5), num_frames=3)
+
+
+def _features_slice(feats: dict, index) -> dict:
+    f = feats["tiny"]
+    return {"tiny": VisionFeatures((f.hidden[0][index],), f.layers, f.grid, f.width, f.num_prefix)}
+
+
+def test_bridge_samples_independent_and_permutation_equivariant() -> None:
+    bridge = _tiny()
+    feats = _features(4)
+    with torch.no_grad():
+        out = bridge(feats)
+        perm = [3, 1, 0, 2]
+        torch.testing.assert_close(bridge(_features_slice(feats, perm)), out[perm], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(bridge(_features_slice(feats, slice(2, 3))), out[2:3], atol=1e-5, rtol=1e-5)
+
+
+def test_bridge_with_cls_uses_the_cls_token() -> None:
+    bridge = _tiny(with_cls=True)
+    assert bridge.needs.with_cls
+    feats = _features(2, cls=True)
+    changed = _features_slice(feats, slice(None))
+    changed["tiny"].hidden = (changed["tiny"].hidden[0].clone(),)
+    changed["tiny"].hidden[0][:, 0] += 1.0  # the CLS row only
+    with torch.no_grad():
+        assert not torch.allclose(bridge(feats), bridge(changed))
+    with pytest.raises(ValueError, match="CLS"):
+        bridge(_features(2))
+
+
+@pytest.mark.parametrize("num_frames", [1, 2])
+def test_bridge_flops_match_counter(num_frames: int) -> None:
+    bridge = _tiny(projector="mlp2x_gelu")
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        bridge(_features(num_frames), num_frames=num_frames)
+    measured = counter.get_total_flops()
+    assert abs(bridge.flops_per_media(num_frames) - measured) <= 0.1 * measured
+
+
+def test_paper_preset_params() -> None:
+    preset = get_preset("perceiver", "openflamingo")
+    with torch.device("meta"):
+        bridge = BRIDGES.build({"name": "perceiver", **preset.overrides}, preset.io)
+    groups = bridge.param_groups()
+    assert sum(len(g) for g in groups.values()) == len(list(bridge.parameters()))
+    counted = sum(p.numel() for p in groups[preset.count])
+    assert abs(counted - preset.expected_params) <= 0.01 * preset.expected_params
+    with torch.device("meta"):
+        paper = get_preset("perceiver", "flamingo_paper")
+        big = BRIDGES.build({"name": "perceiver", **paper.overrides}, paper.io)
+    assert abs(sum(p.numel() for p in big.param_groups()["resampler"]) - 188.9e6) <= 0.01 * 188.9e6  # BRIDGES 1.7
+
+
+def test_from_reference_idefics() -> None:
+    ref = _idefics(dim=32, depth=2, heads=4, dim_head=8, latents=6, qk_norm=False)
+    _randomize(ref)
+    io = BridgeIO((EncoderInfo("tiny", 32, (4, 4), 2),), LMInfo(48))
+    bridge = PerceiverBridge.from_reference(ref, io).eval()
+    assert bridge.config.activation == "relu" and not bridge.config.fused_kv and bridge.config.heads == 4
+    feats = _features(3)
+    with torch.no_grad():
+        expected = bridge.projector(ref(feats["tiny"].hidden[0]))
+        torch.testing.assert_close(bridge(feats), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_from_reference_openflamingo_layout_roundtrip() -> None:
+    src = PerceiverResampler(32, depth=2, heads=4, dim_head=8, num_latents=6, ff_mult=2, max_num_frames=3)
+    _randomize(src)
+    bridge = PerceiverBridge.from_reference(src, BridgeIO((EncoderInfo("tiny", 32, (4, 4), 2),), LMInfo(48)))
+    assert bridge.config.ff_mult == 2 and bridge.config.max_num_frames == 3 and bridge.config.dim_head == 8
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(bridge.resampler.state_dict()[k], v, atol=0, rtol=0)
