@@ -10,9 +10,9 @@ the LM receives ``G`` tokens per image whatever the number of experts, then the 
 Variants (``variant``):
 
 * ``released`` (default, the released code): one projector over the concatenated channels.
-* ``pre_alignment`` (the paper): also one projector per expert, parameter group ``pre_alignment``, for the paper's
-  extra first stage where each expert is aligned alone with a frozen LM: select it with ``pre_align_expert`` (config)
-  or :meth:`EagleBridge.pre_align`; the bridge then emits that expert's ``G`` tokens through its own projector.
+* ``pre_alignment`` (the paper): also one projector per expert (parameter group ``bridge.pre_alignment``) for the
+  paper's extra first stage, where each expert is aligned alone with a frozen LM: select it with ``pre_align_expert``
+  (config) or :meth:`EagleBridge.pre_align`; the bridge then emits that expert's ``G`` tokens through its projector.
   With no expert selected it behaves as ``released`` (the joint-projector and SFT stages). The per-expert projectors
   are not copied into the joint one: the paper does not say how, so the joint projector trains from its own init.
 * ``sequence_append`` (the baseline Eagle compares against): per-expert projectors and the experts' tokens laid end
@@ -132,10 +132,10 @@ class EagleBridge(PrefixBridge):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         if self.config.variant == "sequence_append":
-            return {"projector": list(self.expert_projectors.parameters())}
-        groups = {"projector": list(self.projector.parameters())}
+            return {"bridge.projector": list(self.expert_projectors.parameters())}
+        groups = {"bridge.projector": list(self.projector.parameters())}
         if self.expert_projectors is not None:
-            groups["pre_alignment"] = list(self.expert_projectors.parameters())
+            groups["bridge.pre_alignment"] = list(self.expert_projectors.parameters())
         return groups
 
     @property

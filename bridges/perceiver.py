@@ -93,7 +93,10 @@ class PerceiverBridge(PrefixBridge):
         return BridgeNeeds(num_encoders=1, layers=(self.config.layer,), with_cls=self.config.with_cls)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"resampler": list(self.resampler.parameters()), "projector": list(self.projector.parameters())}
+        return {
+            "bridge.resampler": list(self.resampler.parameters()),
+            "bridge.projector": list(self.projector.parameters()),
+        }
 
     def num_visual_tokens(self, num_frames: int = 1) -> int:
         return self.config.num_latents
@@ -176,7 +179,7 @@ register_preset(
     BridgePreset(
         "perceiver", "openflamingo", {},
         BridgeIO((_VIT_L14,), LMInfo(2048, 24, 16, 16, 128, 50280, "mpt")),
-        expected_params=63_000_000, count="resampler",
+        expected_params=63_000_000, count="bridge.resampler",
         source="BRIDGES.md 1.7 / 7.1 (OpenFlamingo perceiver at Dv 1024, arithmetic from OF helpers.py)",
     )
 )
@@ -187,7 +190,7 @@ register_preset(
         "perceiver", "flamingo_paper",
         {"heads": 16, "dim_head": 128, "activation": "squared_relu", "max_num_frames": 8},
         BridgeIO((EncoderInfo("nfnet_f6", 1536, (12, 12), 1),), LMInfo(2048, 24, 16, 16, 128)),
-        count="resampler", source="BRIDGES.md 1.7 (Flamingo-3B)",
+        count="bridge.resampler", source="BRIDGES.md 1.7 (Flamingo-3B)",
     )
 )
 register_preset(

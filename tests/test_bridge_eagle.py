@@ -133,13 +133,13 @@ def test_sequence_append_appends_per_expert_projections() -> None:
         expected = torch.cat([proj(g) for proj, g in zip(bridge.expert_projectors, grids)], dim=1)
     assert out.shape == (2, 3 * 16, 24) and bridge.num_visual_tokens() == 48
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
-    assert set(bridge.param_groups()) == {"projector"}
+    assert set(bridge.param_groups()) == {"bridge.projector"}
 
 
 def test_pre_alignment_stage_uses_one_expert_and_its_projector() -> None:
     bridge = _bridge(variant="pre_alignment", pre_align_expert="b")
     groups = bridge.param_groups()
-    assert set(groups) == {"projector", "pre_alignment"}
+    assert set(groups) == {"bridge.projector", "bridge.pre_alignment"}
     assert sum(len(g) for g in groups.values()) == len(list(bridge.parameters()))
     features = _features(2)
     other = dict(features, a=_features(2)["a"])  # changing another expert changes nothing in this stage
@@ -184,7 +184,7 @@ def test_paper_preset_params(name: str) -> None:
     preset = get_preset("eagle", name)
     with torch.device("meta"):
         bridge = BRIDGES.build({"name": "eagle", **preset.overrides}, preset.io)
-    assert preset.count == "bridge" and set(bridge.param_groups()) == {"projector"}
+    assert preset.count == "bridge" and set(bridge.param_groups()) == {"bridge.projector"}
     counted = sum(p.numel() for p in bridge.parameters())
     assert abs(counted - preset.expected_params) <= 0.01 * preset.expected_params
     assert bridge.num_visual_tokens() == 1024 and sum(bridge.widths) == (7680 if "x5" in name else 6656)

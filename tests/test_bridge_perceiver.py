@@ -252,7 +252,7 @@ def test_paper_preset_params() -> None:
     with torch.device("meta"):
         paper = get_preset("perceiver", "flamingo_paper")
         big = BRIDGES.build({"name": "perceiver", **paper.overrides}, paper.io)
-    assert abs(sum(p.numel() for p in big.param_groups()["resampler"]) - 188.9e6) <= 0.01 * 188.9e6  # BRIDGES 1.7
+    assert abs(sum(p.numel() for p in big.param_groups()["bridge.resampler"]) - 188.9e6) <= 0.01 * 188.9e6  # BRIDGES 1.7
 
 
 def test_from_reference_idefics() -> None:
