@@ -1,0 +1,90 @@
+"""Plots people would rather look at than read: accuracy against the visual-token budget and throughput."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from experiments.analysis.load import load_metrics  # noqa: E402
+from experiments.analysis.tables import summarize  # noqa: E402
+
+AXES = {
+    "visual_tokens_per_media": "visual tokens per media item",
+    "train_samples_per_s": "training throughput (samples/s)",
+    "trainable_params": "trainable parameters",
+    "flops_per_sample": "FLOPs per sample",
+}
+
+
+def plot_tradeoffs(
+    df: pd.DataFrame,
+    out_dir: str | os.PathLike[str],
+    x_columns: tuple[str, ...] = ("visual_tokens_per_media", "train_samples_per_s"),
+    metric: str = "exact_match",
+) -> list[Path]:
+    """One figure per x column: a panel per task, one point per bridge (mean ± std over seeds).
+
+    Returns the written PNG paths. Chance and text-only ceiling are drawn when the tasks record them.
+    """
+    table = summarize(df, by=("bridge", "task"), metric=metric)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = sorted(table["task"].dropna().unique())
+    written = []
+    for x in x_columns:
+        if x not in table or table[x].isna().all():
+            continue
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            rows = table[table["task"] == task]
+            for _, row in rows.iterrows():
+                ax.errorbar(row[x], row[f"{metric}_mean"], yerr=row[f"{metric}_std"] if pd.notna(row[f"{metric}_std"]) else 0,
+                            fmt="o", capsize=3, label=row["bridge"])
+                ax.annotate(row["bridge"], (row[x], row[f"{metric}_mean"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+            for level, style in (("chance", ":"), ("text_ceiling", "--")):
+                if level in rows and rows[level].notna().any():
+                    ax.axhline(rows[level].mean(), color="grey", linestyle=style, linewidth=1, label=level)
+            if x in ("visual_tokens_per_media", "flops_per_sample", "trainable_params"):
+                ax.set_xscale("log")
+            ax.set_title(task)
+            ax.set_xlabel(AXES.get(x, x))
+            ax.set_ylabel(metric)
+            ax.set_ylim(0, 1.05)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"{metric}_vs_{x}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_learning_curves(df: pd.DataFrame, out_path: str | os.PathLike[str], metric: str = "train/loss") -> Path:
+    """Training loss over steps, one line per run, coloured by bridge."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours: dict[str, str] = {}
+    for run_dir, bridge in df.drop_duplicates("run_dir")[["run_dir", "bridge"]].itertuples(index=False):
+        metrics = load_metrics(run_dir)
+        if metrics.empty or metric not in metrics:
+            continue
+        colour = colours.setdefault(bridge, f"C{len(colours) % 10}")
+        steps = metrics["step"] if "step" in metrics else metrics.index
+        ax.plot(steps, metrics[metric], color=colour, alpha=0.7,
+                label=bridge if bridge not in ax.get_legend_handles_labels()[1] else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
