@@ -72,6 +72,8 @@ def to_grid(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]
     ``pixel_unshuffle`` keeps PyTorch's channel order (``c * u**2 + i * u + j``); resizing is bilinear with
     ``align_corners=True`` in float32 and skipped when the grid already matches, as in the reference.
     """
+    if tokens.shape[1] != grid[0] * grid[1]:
+        raise ValueError(f"{tokens.shape[1]} tokens do not fill the {grid} grid; pass patch tokens only (no CLS)")
     x = rearrange(tokens, "n (h w) c -> n c h w", h=grid[0], w=grid[1])
     if unshuffle > 1:
         x = F.pixel_unshuffle(x, unshuffle)
