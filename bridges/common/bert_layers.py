@@ -187,8 +187,11 @@ class QFormer(nn.Module):
         return self.word_embeddings is not None
 
     def embed(self, batch: int, input_ids: torch.Tensor | None, use_queries: bool) -> torch.Tensor:
-        """``LN(dropout)`` over ``[queries; word + position embeddings]``, ``(B, Q + L, D)``."""
-        parts = [self.query_tokens.expand(batch, -1, -1)] if use_queries else []
+        """``dropout(LN([queries; word + position embeddings]))``, ``(B, Q + L, D)``.
+
+        LayerNorm acts per position, so the queries are normalised once and then expanded over the batch.
+        """
+        parts = [self.embed_norm(self.query_tokens).expand(batch, -1, -1)] if use_queries else []
         if input_ids is not None:
             if self.word_embeddings is None or self.position_embeddings is None:
                 raise ValueError("This Q-Former has no text embeddings; build it with text=True to feed text tokens")
@@ -197,9 +200,8 @@ class QFormer(nn.Module):
                 raise ValueError(f"Text of {length} tokens exceeds max_position_embeddings="
                                  f"{self.position_embeddings.num_embeddings}; truncate it")
             positions = torch.arange(length, device=input_ids.device)
-            parts.append(self.word_embeddings(input_ids) + self.position_embeddings(positions))
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return self.embed_dropout(self.embed_norm(x))
+            parts.append(self.embed_norm(self.word_embeddings(input_ids) + self.position_embeddings(positions)))
+        return self.embed_dropout(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
     def forward(
         self,
