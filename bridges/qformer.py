@@ -86,7 +86,8 @@ class QFormerBridge(PrefixBridge):
 
     Submodules: ``ln_vision`` (LayerNorm or Identity), ``qformer`` (:class:`~bridges.common.bert_layers.QFormer`,
     which owns ``query_tokens``), ``language_projection`` (Linear ``hidden_size -> D_lm``).
-    Parameter groups: ``qformer`` (queries, embeddings, layers), ``ln_vision``, ``projection``.
+    Parameter groups: ``bridge.qformer`` (queries, embeddings, layers), ``bridge.ln_vision``, ``bridge.projection``
+    (so a stage pattern ``bridge*`` selects them all).
     """
 
     def __init__(self, config: QFormerConfig, io: BridgeIO) -> None:
@@ -123,9 +124,9 @@ class QFormerBridge(PrefixBridge):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {
-            "qformer": list(self.qformer.parameters()),
-            "ln_vision": list(self.ln_vision.parameters()),
-            "projection": list(self.language_projection.parameters()),
+            "bridge.qformer": list(self.qformer.parameters()),
+            "bridge.ln_vision": list(self.ln_vision.parameters()),
+            "bridge.projection": list(self.language_projection.parameters()),
         }
 
     def num_visual_tokens(self, num_frames: int = 1) -> int:
@@ -291,12 +292,12 @@ _VIT_G = EncoderInfo("eva_vit_g", 1408, (16, 16), 39)
 _STAGE2 = "BRIDGES.md 2.6: slim stage-2 Q-Former + 32 queries with ViT-g (= HF Blip2QFormerModel + query_tokens)"
 register_preset(BridgePreset(
     "qformer", "blip2_opt2.7b", {}, BridgeIO((_VIT_G,), LMInfo(2560, 32, 32, 32, 80, 50272, "opt")),
-    expected_params=105_160_000, source=_STAGE2, count="qformer",
+    expected_params=105_160_000, source=_STAGE2, count="bridge.qformer",
 ))
 register_preset(BridgePreset(
     "qformer", "blip2_stage1", {"text_layers": True, "vocab_size": 30523},
     BridgeIO((_VIT_G,), LMInfo(2560, 32, 32, 32, 80, 50272, "opt")),
-    expected_params=185_700_000, count="qformer",
+    expected_params=185_700_000, count="bridge.qformer",
     source="BRIDGES.md 2.6: stage-1 Q-Former core (text embeddings, vocab 30523, and both FFN sets; the ITC/ITM/ITG "
            "heads of bridges.qformer_pretrain add 1.02M for ~186.7M; the paper's 188M adds small extras)",
 ))

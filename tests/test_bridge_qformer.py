@@ -249,7 +249,7 @@ def test_stage1_model_is_about_186m_on_meta() -> None:
         bridge = BRIDGES.build({"name": "qformer", **preset.overrides}, preset.io)
         model = QFormerPretrainer(bridge)
     heads = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("bridge."))
-    core = sum(p.numel() for p in bridge.param_groups()["qformer"])
+    core = sum(p.numel() for p in bridge.param_groups()["bridge.qformer"])
     assert core + heads == pytest.approx(186_000_000, rel=0.01)
 
 
