@@ -157,7 +157,8 @@ class MSCrossAttnBlock(nn.Module):
 class MMFuserBridge(PrefixBridge):
     """MMFuser prefix bridge: :class:`MSCrossAttnBlock` over one encoder's layers, then the LLaVA projector.
 
-    Parameter groups: ``fuser`` (the block, 5.19M at paper scale) and ``projector`` (the MLP).
+    Parameter groups: ``bridge.fuser`` (the block, 5.19M at paper scale) and ``bridge.projector`` (the MLP); the
+    reference trains both in both stages, so a stage selects them together with ``bridge*``.
     """
 
     def __init__(self, config: MMFuserConfig, io: BridgeIO) -> None:
@@ -184,7 +185,7 @@ class MMFuserBridge(PrefixBridge):
         return BridgeNeeds(num_encoders=1, layers=tuple(sorted(set(self.layers))), needs_grid=True, with_cls=False)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"fuser": list(self.fuser.parameters()), "projector": list(self.projector.parameters())}
+        return {"bridge.fuser": list(self.fuser.parameters()), "bridge.projector": list(self.projector.parameters())}
 
     def num_visual_tokens(self, num_frames: int = 1) -> int:
         h, w = self.io.encoder.grid
@@ -260,7 +261,7 @@ register_preset(
         io=BridgeIO(encoders=(EncoderInfo("clip_vit_l14_336", 1024, (24, 24), 24),), lm=LMInfo(hidden_size=4096)),
         expected_params=5_190_000,
         source="BRIDGES.md 7.1 / 5.4: MMFuser fuser (MSCrossAttnBlock) 5.19M, excluding the 20.98M mlp2x_gelu",
-        count="fuser",
+        count="bridge.fuser",
         extra={"projector_params": 20_980_000, "total_params": 26_170_000},
     )
 )

@@ -155,7 +155,7 @@ def test_paper_preset_sizes() -> None:
     groups = {name: sum(p.numel() for p in params) for name, params in bridge.param_groups().items()}
     assert sum(groups.values()) == sum(p.numel() for p in bridge.parameters())
     assert abs(groups[preset.count] - preset.expected_params) <= 0.01 * preset.expected_params
-    assert abs(groups["projector"] - preset.extra["projector_params"]) <= 0.01 * preset.extra["projector_params"]
+    assert abs(groups["bridge.projector"] - preset.extra["projector_params"]) <= 0.01 * preset.extra["projector_params"]
     tiny = get_preset("mmfuser", "tiny")
     assert BRIDGES.build({"name": "mmfuser", **tiny.overrides}, tiny.io).num_visual_tokens() == 16
 
