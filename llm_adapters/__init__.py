@@ -1,0 +1,22 @@
+"""HF causal LMs made multimodal: families, prefix splicing, reversible layer injection, the composed MultimodalLM.
+
+Importing this package registers the LM presets in :data:`LLMS`.
+"""
+
+from llm_adapters import presets as _presets  # noqa: F401  (registers the presets)
+from llm_adapters.adapter import IMAGE_TOKEN, LLMS, LMAdapter, LMConfig, build_lm, list_llms
+from llm_adapters.batch import MultimodalBatch
+from llm_adapters.splice import SpliceOutput, positions_from_mask, splice_visual_tokens
+
+__all__ = [
+    "IMAGE_TOKEN",
+    "LLMS",
+    "LMAdapter",
+    "LMConfig",
+    "MultimodalBatch",
+    "SpliceOutput",
+    "build_lm",
+    "list_llms",
+    "positions_from_mask",
+    "splice_visual_tokens",
+]
