@@ -43,6 +43,7 @@ from encoders.base import VisionFeatures, resolve_layers
 _PLACEMENTS = ("openflamingo", "idefics")
 _MEDIA_ATTENTION = ("immediate", "all_previous")
 _NORMS = ("layernorm", "rmsnorm")
+_FF_ACTIVATIONS = ("gelu", "squared_relu", "relu", "swiglu")
 
 
 @dataclass
@@ -116,7 +117,9 @@ def _norm(kind: str, dim: int, eps: float) -> nn.Module:
     raise ValueError(f"Unknown norm '{kind}'. Use one of {_NORMS}.")
 
 
-def media_and_mask(ctx: InjectionContext, batch_size: int, mode: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def media_and_mask(
+    ctx: InjectionContext, batch_size: int, mode: str
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per-sample padded memory ``(B, M*R, Dv)`` and query mask ``(B, L_q, M*R)``, built once per forward.
 
     Both are cached in ``ctx.extras`` (shared by every block), keyed by the memory and query-position tensors.
@@ -126,7 +129,7 @@ def media_and_mask(ctx: InjectionContext, batch_size: int, mode: str) -> tuple[t
         return None, None
     cached = ctx.extras.get("flamingo.media")
     if cached is None or cached[0] is not ctx.memory:
-        slots = MediaSlots.build(ctx.media_to_sample, batch_size)
+        slots = MediaSlots.build(ctx.media_to_sample, batch_size, ctx.memory.shape[0])
         cached = (ctx.memory, slots, slots.pad(ctx.memory).flatten(1, 2))
         ctx.extras["flamingo.media"] = cached
     _, slots, media = cached
@@ -194,18 +197,23 @@ class GatedXAttnDenseBlock(nn.Module):
         super().__init__()
         c = config
         self.slot, self.layer, self.media_attention = slot, layer, c.media_attention
-        self.attn = MaskedCrossAttention(dim, dim_visual, c.xattn_heads, c.xattn_dim_head, c.norm, c.norm_eps, c.fused_kv)
+        self.attn = MaskedCrossAttention(
+            dim, dim_visual, c.xattn_heads, c.xattn_dim_head, c.norm, c.norm_eps, c.fused_kv
+        )
         self.attn_gate = TanhGate(dim, c.gate)
         hidden = int(dim * c.ff_mult)
         if c.ff_activation == "swiglu":
             mlp: list[nn.Module] = [GatedMLP(dim, hidden)]
         else:
-            mlp = [nn.Linear(dim, hidden, bias=False), make_activation(c.ff_activation), nn.Linear(hidden, dim, bias=False)]
+            act = make_activation(c.ff_activation)
+            mlp = [nn.Linear(dim, hidden, bias=False), act, nn.Linear(hidden, dim, bias=False)]
         self.ff = nn.Sequential(_norm(c.norm, dim, c.norm_eps), *mlp)  # indices 0/1/3 as OF's FeedForward
         self.ff_gate = TanhGate(dim, c.gate)
 
-    def gated(self, y: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None):
-        """``y (B, L, D)``; ``kv`` from :meth:`MaskedCrossAttention.kv` and ``mask (B, L, S)``, or None without media."""
+    def gated(
+        self, y: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``y (B, L, D)``; ``kv`` from :meth:`MaskedCrossAttention.kv` and ``mask (B, L, S)``; None without media."""
         if kv is not None:
             y = y + self.attn_gate(self.attn(y, kv, mask))
         return y + self.ff_gate(self.ff(y))
@@ -260,8 +268,10 @@ class FlamingoBridge(InjectBridge):
     def __init__(self, config: FlamingoConfig, io: BridgeIO) -> None:
         super().__init__(config, io)
         self.check_io()
-        if config.media_attention not in _MEDIA_ATTENTION:
-            raise ValueError(f"Unknown media_attention '{config.media_attention}'. Use one of {_MEDIA_ATTENTION}.")
+        for field, value, allowed in (("media_attention", config.media_attention, _MEDIA_ATTENTION),
+                                      ("ff_activation", config.ff_activation, _FF_ACTIVATIONS)):
+            if value not in allowed:
+                raise ValueError(f"Unknown {field} '{value}'. Use one of {allowed}.")
         if io.lm.num_layers < 1:
             raise ValueError("Flamingo needs LMInfo.num_layers to place its gated blocks; got 0.")
         self.encoder_layer = resolve_layers(config.encoder_layer, io.encoder.num_layers)[0]
@@ -290,7 +300,8 @@ class FlamingoBridge(InjectBridge):
     def flops_per_media(self, num_frames: int = 1) -> int:
         """Resampler plus every block's K/V projection of the latents (the text-side cost scales with text)."""
         h, w = self.io.encoder.grid
-        kv = 2 * self.config.num_latents * self.io.encoder.width * 2 * self.config.xattn_heads * self.config.xattn_dim_head
+        c = self.config
+        kv = 2 * c.num_latents * self.io.encoder.width * 2 * c.xattn_heads * c.xattn_dim_head
         return self.perceiver.flops(num_frames * h * w) + len(self.layer_indices) * kv
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

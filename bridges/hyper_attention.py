@@ -154,11 +154,11 @@ class HyperAttentionLayer(nn.Module):
             k = rotate_at(self._lm["rotary"], k, rope_positions + offset)
         return k, v
 
-    def _padded_visual(self, ctx: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _padded_visual(self, ctx: Any, batch_size: int) -> tuple[torch.Tensor, ...]:
         """Visual K/V ``(B, H_kv, M*P, Dh)`` (once per prompt), mask ``(B, Lq, M*P)`` and ``has_image (B, Lq)``."""
         slots = ctx.extras.get("hyper.slots")
         if slots is None or slots[0] is not ctx.memory:
-            slots = (ctx.memory, MediaSlots.build(ctx.media_to_sample, batch_size))
+            slots = (ctx.memory, MediaSlots.build(ctx.media_to_sample, batch_size, ctx.memory.shape[0]))
             ctx.extras["hyper.slots"] = slots
         slots = slots[1]
         key = f"hyper.kv.{self.layer}"
@@ -181,12 +181,11 @@ class HyperAttentionLayer(nn.Module):
         ctx = self.slot.get()
         if ctx.memory.shape[0] == 0:
             return attn(hidden_states, **kwargs)
-        q_proj, k_proj, v_proj, o_proj = self._lm["qkvo"]
         cos, sin = kwargs.pop("position_embeddings")
         mask_txt = kwargs.pop("attention_mask", None)
         past = kwargs.pop("past_key_values", None)
         b, length = hidden_states.shape[:2]
-        q, k, v = (rearrange(p(hidden_states), "b l (h d) -> b h l d", d=self.head_dim) for p in (q_proj, k_proj, v_proj))
+        q, k, v = (rearrange(p(hidden_states), "b l (h d) -> b h l d", d=self.head_dim) for p in self._lm["qkvo"][:3])
         q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
         if past is not None:
             k, v = past.update(k, v, attn.layer_idx)
@@ -204,7 +203,7 @@ class HyperAttentionLayer(nn.Module):
             c_img = gqa_attention(q, k_img, v_img, mask_img, attn.scaling, dropout)
             g = self._gate_value(c_txt)
             context = torch.where(has_image[:, :, None, None], (1 - g) * c_txt + g * c_img, c_txt)
-        return o_proj(context.reshape(b, length, -1)), None
+        return self._lm["qkvo"][3](context.reshape(b, length, -1)), None
 
     def _gate_value(self, c_txt: torch.Tensor) -> torch.Tensor:
         """``g`` broadcastable to ``(B, L, H, Dh)``."""

@@ -31,8 +31,14 @@ class MediaSlots:
     max_media: int
 
     @classmethod
-    def build(cls, media_to_sample: torch.Tensor, batch_size: int) -> MediaSlots:
+    def build(cls, media_to_sample: torch.Tensor, batch_size: int, num_media: int | None = None) -> MediaSlots:
+        """Slots for ``media_to_sample (N,)``; ``num_media`` (the memory's N) is checked against it when given."""
         sample = media_to_sample.long()
+        if num_media is not None and num_media != sample.numel():
+            raise ValueError(
+                f"The visual memory holds {num_media} media items but media_to_sample has {sample.numel()}; "
+                "one memory entry per <image> placeholder is expected."
+            )
         if sample.numel() == 0:
             return cls(sample, sample, batch_size, 0)
         if int(sample.max()) >= batch_size or int(sample.min()) < 0:
