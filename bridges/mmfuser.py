@@ -172,7 +172,9 @@ class MMFuserBridge(PrefixBridge):
             raise ValueError(
                 f"mmfuser.num_heads={config.num_heads} does not divide the encoder width {enc.width}; pick a divisor."
             )
-        layers = spread_layers(enc.num_layers) if config.layers is None else resolve_layers(config.layers, enc.num_layers)
+        layers = (
+            spread_layers(enc.num_layers) if config.layers is None else resolve_layers(config.layers, enc.num_layers)
+        )
         if len(layers) < 2:
             raise ValueError(f"mmfuser.layers needs a query layer and at least one key/value layer, got {layers}.")
         self.layers: tuple[int, ...] = layers
@@ -240,7 +242,9 @@ class MMFuserBridge(PrefixBridge):
         return rearrange(self.projector(fused), "(n f) t d -> n (f t) d", f=num_frames)
 
 
-def convert_reference_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str = "model.mm_projector.") -> dict[str, torch.Tensor]:
+def convert_reference_state_dict(
+    state_dict: Mapping[str, torch.Tensor], prefix: str = "model.mm_projector."
+) -> dict[str, torch.Tensor]:
     """Rename an MMFuser checkpoint's ``<prefix>0.*`` / ``<prefix>{k}.*`` entries to this bridge's names."""
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state_dict.items():

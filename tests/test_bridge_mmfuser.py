@@ -185,5 +185,8 @@ def test_reference_checkpoint_names_load() -> None:
     reference["model.layers.0.weight"] = torch.zeros(1)  # unrelated entries are ignored
     fresh = _bridge()
     fresh.load_state_dict(convert_reference_state_dict(reference), strict=True)
-    assert torch.equal(fresh.fuser.cross_attn.sampling_offsets.weight, reference["model.mm_projector.0.cross_attn.sampling_offsets.weight"])
+    assert torch.equal(
+        fresh.fuser.cross_attn.sampling_offsets.weight,
+        reference["model.mm_projector.0.cross_attn.sampling_offsets.weight"],
+    )
     assert torch.equal(fresh.projector[2].bias, reference["model.mm_projector.3.bias"])

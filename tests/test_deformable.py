@@ -54,19 +54,25 @@ def test_core_matches_transformers(kind: str) -> None:
     value = torch.randn(n, s, m, dh)
     locations = torch.rand(n, q, m, len(shapes), p, 2) * 1.6 - 0.3  # some samples fall outside the map
     weights = torch.randn(n, q, m, len(shapes) * p).softmax(-1).view(n, q, m, len(shapes), p)
-    expected = MultiScaleDeformableAttention()(value, torch.tensor(shapes), shapes, _level_start(shapes), locations, weights, 64)
+    expected = MultiScaleDeformableAttention()(
+        value, torch.tensor(shapes), shapes, _level_start(shapes), locations, weights, 64
+    )
     ours = ms_deform_attn_core(value, shapes, locations, weights)
     assert ours.shape == (n, q, m * dh)
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
     # a (L, 2) tensor of shapes gives the same result
-    torch.testing.assert_close(ms_deform_attn_core(value, torch.tensor(shapes), locations, weights), ours, atol=0, rtol=0)
+    torch.testing.assert_close(
+        ms_deform_attn_core(value, torch.tensor(shapes), locations, weights), ours, atol=0, rtol=0
+    )
 
 
 @pytest.mark.parametrize(
     ("kind", "d_model", "heads", "points", "batch", "queries"),
     [("same", 32, 4, 4, 2, 9), ("pyramid", 64, 8, 2, 3, 5), ("single", 16, 2, 3, 1, 24)],
 )
-def test_module_matches_transformers(kind: str, d_model: int, heads: int, points: int, batch: int, queries: int) -> None:
+def test_module_matches_transformers(
+    kind: str, d_model: int, heads: int, points: int, batch: int, queries: int
+) -> None:
     shapes = SHAPES[kind]
     ref = _reference(d_model, len(shapes), heads, points)
     ours = MSDeformAttn.from_reference(ref).eval()
@@ -140,7 +146,10 @@ def test_half_precision_runs_core_in_float32() -> None:
 def test_reference_points_grid_is_cell_centres() -> None:
     ref = reference_points_grid(2, 3)
     assert ref.shape == (1, 6, 1, 2)
-    torch.testing.assert_close(ref[0, :, 0], torch.tensor([[1 / 6, 0.25], [0.5, 0.25], [5 / 6, 0.25], [1 / 6, 0.75], [0.5, 0.75], [5 / 6, 0.75]]))
+    torch.testing.assert_close(
+        ref[0, :, 0],
+        torch.tensor([[1 / 6, 0.25], [0.5, 0.25], [5 / 6, 0.25], [1 / 6, 0.75], [0.5, 0.75], [5 / 6, 0.75]]),
+    )
 
 
 def test_grid_sample_flop_mapping_and_module_flops() -> None:

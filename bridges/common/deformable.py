@@ -9,7 +9,8 @@ point, and takes a softmax-weighted sum of the bilinearly sampled values. Used b
   call per level.
 * :class:`MSDeformAttn` is the reference module, with the reference parameter names (``sampling_offsets``,
   ``attention_weights``, ``value_proj``, ``output_proj``) and initialisation, so Deformable-DETR, MMFuser and
-  transformers' ``DeformableDetrMultiscaleDeformableAttention`` state dicts load 1:1 (:meth:`MSDeformAttn.from_reference`).
+  transformers' ``DeformableDetrMultiscaleDeformableAttention`` state dicts load 1:1
+  (:meth:`MSDeformAttn.from_reference`).
 
 FLOPs: ``torch.utils.flop_counter`` has no formula for ``grid_sampler_2d``; :func:`grid_sample_flop_mapping` gives
 one (bilinear = 4 multiply-adds = 8 FLOPs per sampled value) to pass as ``FlopCounterMode(custom_mapping=...)``.
@@ -92,7 +93,9 @@ def ms_deform_attn_core(
     return rearrange(out, "(n m) q 1 d -> n q (m d)", n=n, m=m)
 
 
-def ms_deform_attn_flops(num_queries: int, num_values: int, d_model: int, n_heads: int, n_levels: int, n_points: int) -> int:
+def ms_deform_attn_flops(
+    num_queries: int, num_values: int, d_model: int, n_heads: int, n_levels: int, n_points: int
+) -> int:
     """Forward FLOPs of :class:`MSDeformAttn` for one sample.
 
     Counts the four Linear layers, the bilinear sampling (:data:`GRID_SAMPLE_FLOPS`) and the weighted sum over
@@ -100,16 +103,25 @@ def ms_deform_attn_flops(num_queries: int, num_values: int, d_model: int, n_head
     ``torch.utils.flop_counter``.
     """
     samples = num_queries * d_model * n_levels * n_points  # sampled channel values
-    linears = 2 * d_model * (
-        num_values * d_model  # value_proj
-        + num_queries * n_heads * n_levels * n_points * 3  # sampling_offsets (x, y) + attention_weights
-        + num_queries * d_model  # output_proj
+    linears = (
+        2
+        * d_model
+        * (
+            num_values * d_model  # value_proj
+            + num_queries * n_heads * n_levels * n_points * 3  # sampling_offsets (x, y) + attention_weights
+            + num_queries * d_model  # output_proj
+        )
     )
     return linears + samples * (GRID_SAMPLE_FLOPS[0] + 2)
 
 
 def _grid_sampler_2d_flop(
-    input_shape: Sequence[int], grid_shape: Sequence[int], interpolation_mode: int, *args: Any, out_shape: Any = None, **kwargs: Any
+    input_shape: Sequence[int],
+    grid_shape: Sequence[int],
+    interpolation_mode: int,
+    *args: Any,
+    out_shape: Any = None,
+    **kwargs: Any,
 ) -> int:
     n, c = input_shape[:2]
     h_out, w_out = grid_shape[1:3]
@@ -134,8 +146,8 @@ def reference_points_grid(
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention, Deformable-DETR's ``MSDeformAttn`` (``models/ops/modules/ms_deform_attn.py``).
 
-    Weight names (identical in Deformable-DETR, MMFuser and transformers' ``DeformableDetrMultiscaleDeformableAttention``;
-    the latter also holds a parameter-free ``attn`` submodule):
+    Weight names, identical in Deformable-DETR, MMFuser and transformers'
+    ``DeformableDetrMultiscaleDeformableAttention`` (which also holds a parameter-free ``attn`` submodule):
 
     ==========================  =================================  ==========================
     ours / reference            shape                              role
@@ -155,10 +167,14 @@ class MSDeformAttn(nn.Module):
             CUDA op requires it).
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4, upcast: bool = True) -> None:
+    def __init__(
+        self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4, upcast: bool = True
+    ) -> None:
         super().__init__()
         if d_model % n_heads != 0:
-            raise ValueError(f"MSDeformAttn: d_model {d_model} is not divisible by n_heads {n_heads}; change one of them.")
+            raise ValueError(
+                f"MSDeformAttn: d_model {d_model} is not divisible by n_heads {n_heads}; change one of them."
+            )
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
         self.upcast = upcast
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
@@ -235,7 +251,9 @@ class MSDeformAttn(nn.Module):
             ref = reference_points[:, :, None, :, None]
             locations = ref[..., :2] + offsets / self.n_points * ref[..., 2:] * 0.5
         else:
-            raise ValueError(f"reference_points must end in 2 (x, y) or 4 (cx, cy, w, h), got {reference_points.shape}.")
+            raise ValueError(
+                f"reference_points must end in 2 (x, y) or 4 (cx, cy, w, h), got {reference_points.shape}."
+            )
         out_dtype = value.dtype
         if self.upcast and value.dtype in (torch.float16, torch.bfloat16):
             value, locations, weights = value.float(), locations.float(), weights.float()
