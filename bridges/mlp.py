@@ -100,9 +100,9 @@ class MLPBridge(PrefixBridge):
                 "select_feature='cls_patch' needs the CLS token but the encoder returned patches only; "
                 "request it with with_cls=True (MultimodalLM does so from bridge.needs) or use select_feature='patch'."
             )
-        start = feats.num_prefix - 1 if keep_cls else feats.num_prefix
-        chosen = [feats.layer(i)[:, start:] for i in self.absolute_layers]
-        return chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
+        chosen = [_tokens(feats.layer(i), feats.num_prefix, keep_cls) for i in self.absolute_layers]
+        x = chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
+        return x.to(self.projector[0].weight.dtype)
 
     def forward(
         self,
@@ -160,6 +160,14 @@ class MLPBridge(PrefixBridge):
                 if mine.bias is not None:
                     mine.bias.copy_(theirs.bias)
         return bridge
+
+
+def _tokens(x: torch.Tensor, num_prefix: int, keep_cls: bool) -> torch.Tensor:
+    """Patches of ``x (N, num_prefix + h*w, D)``, after the CLS token (index 0) if ``keep_cls``; other prefix tokens
+    (registers) are dropped."""
+    if not keep_cls:
+        return x[:, num_prefix:]
+    return x if num_prefix == 1 else torch.cat([x[:, :1], x[:, num_prefix:]], dim=1)
 
 
 def _encoder_features(features: Mapping[str, VisionFeatures], name: str) -> VisionFeatures:

@@ -155,9 +155,13 @@ class QFormerBridge(PrefixBridge):
         if self.config.with_cls and feats.num_prefix < 1:
             raise ValueError("with_cls=True needs the CLS token but the encoder returned patches only; request it "
                              "(MultimodalLM does so from bridge.needs) or set with_cls=False.")
-        x = feats.layer(self.layer)
-        x = x[:, feats.num_prefix - 1:] if self.config.with_cls else x[:, feats.num_prefix:]
-        return self.ln_vision(x)
+        x, prefix = feats.layer(self.layer), feats.num_prefix
+        if not self.config.with_cls:
+            x = x[:, prefix:]
+        elif prefix > 1:  # keep CLS (index 0) and the patches, drop register tokens
+            x = torch.cat([x[:, :1], x[:, prefix:]], dim=1)
+        # the Q-Former stays in its own dtype (fp32 in transformers) whatever the encoder's
+        return self.ln_vision(x.to(self.language_projection.weight.dtype))
 
     def query_outputs(
         self, image: torch.Tensor, instruction: tuple[torch.Tensor, torch.Tensor] | None = None

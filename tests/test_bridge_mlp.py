@@ -146,6 +146,25 @@ def test_frames_are_images_laid_end_to_end() -> None:
     torch.testing.assert_close(out, per_image.reshape(3, 32, LM))
 
 
+def test_register_tokens_dropped_cls_kept_and_encoder_dtype_cast() -> None:
+    feats = features(2)
+    cls, patches = feats.hidden[1][:, :1], feats.hidden[1][:, 1:]
+    registers = torch.randn(2, 2, WIDTH)
+    with_regs = VisionFeatures(tuple(torch.cat([h[:, :1], registers, h[:, 1:]], 1) for h in feats.hidden),
+                               feats.layers, GRID, WIDTH, num_prefix=3)
+    bridge = build(select_feature="cls_patch")
+    torch.testing.assert_close(bridge({"enc": with_regs}), bridge.projector(torch.cat([cls, patches], 1)))
+    plain = build()
+    torch.testing.assert_close(plain({"enc": with_regs}), plain.projector(patches))
+    half = VisionFeatures(tuple(h.bfloat16() for h in feats.hidden), feats.layers, GRID, WIDTH, 1)
+    assert build()({"enc": half}).dtype == torch.float32
+
+
+def test_zero_media() -> None:
+    out = build()({"enc": features(0)}, num_frames=2)
+    assert out.shape == (0, 32, LM)
+
+
 # ---------------------------------------------------------------- invariants
 
 

@@ -200,6 +200,21 @@ def test_cls_and_layer_selection() -> None:
         build()({"enc": features(1, with_cls=False)})
 
 
+def test_register_tokens_dropped_dtype_cast_and_zero_media() -> None:
+    bridge = build(ln_vision=False)
+    feats = features(2)
+    h = feats.hidden[1]
+    regs = VisionFeatures(tuple(torch.cat([x[:, :1], torch.randn(2, 2, DV), x[:, 1:]], 1) for x in feats.hidden),
+                          feats.layers, GRID, DV, num_prefix=3)
+    torch.testing.assert_close(bridge.image_embeds({"enc": regs}), h)
+    half = VisionFeatures(tuple(x.bfloat16() for x in feats.hidden), feats.layers, GRID, DV, 1)
+    assert bridge({"enc": half}).dtype == torch.float32
+    for instruct in (False, True):
+        empty = build(instruction_aware=instruct)
+        ins = (torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long)) if instruct else None
+        assert empty({"enc": features(0)}, num_frames=2, instruction=ins).shape == (0, 12, LM)
+
+
 def test_cross_attention_every_freq_layers_and_query_init() -> None:
     bridge = BRIDGES.build({"name": "qformer", **TINY, "num_layers": 6, "cross_attention_freq": 3}, io())
     assert [i for i, layer in enumerate(bridge.qformer.layers) if layer.cross_attn is not None] == [0, 3]
