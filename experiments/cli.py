@@ -1,0 +1,108 @@
+"""``bridgelab``: the command line of the toolkit.
+
+Commands::
+
+    bridgelab train [OVERRIDES...]        one run (Hydra overrides, e.g. experiment=smoke bridge=qformer seed=1)
+    bridgelab sweep [OVERRIDES...]        a multirun, e.g. bridge=mlp,qformer seed=0,1 launcher=joblib
+    bridgelab demo  [OVERRIDES...]        the quick ablation (every bridge x tasks x 2 seeds), then its table and plots
+    bridgelab table RUNS_DIR [--format markdown|latex]   mean +- std over seeds per bridge and task
+    bridgelab params [--tolerance 0.02]   each paper preset built on the meta device vs its published size
+
+``run_dir=PATH`` puts a run (or a sweep's runs) in PATH. Rerunning a run continues it from its last checkpoint;
+rerunning a sweep skips its finished members. ``bridgelab train --cfg job`` prints the composed config, and
+``bridgelab train --help`` lists the config groups and their options (Hydra's own flags work after the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+COMMANDS = ("train", "sweep", "demo", "table", "params")
+
+
+def _usage() -> str:
+    return __doc__.split("Commands::", 1)[1].split("``run_dir", 1)[0].rstrip()
+
+
+def _table(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bridgelab table", description="Results table of the runs under RUNS_DIR")
+    parser.add_argument("runs_dir")
+    parser.add_argument("--format", choices=("markdown", "latex"), default="markdown")
+    args = parser.parse_args(list(argv))
+    print(results_table(args.runs_dir, args.format))
+    return 0
+
+
+def results_table(runs_dir: str, fmt: str = "markdown") -> str:
+    """Mean +- std over seeds per (bridge, task) with the budget columns (``experiments.analysis``)."""
+    from experiments.analysis import load_runs, summarize, to_latex, to_markdown
+
+    df = load_runs(runs_dir)
+    table = summarize(df)
+    text = to_markdown(table) if fmt == "markdown" else to_latex(table)
+    unfinished = df[df["status"] != "finished"].drop_duplicates("run_dir")
+    if len(unfinished):
+        text += f"\n\n{len(unfinished)} run(s) not finished: " + ", ".join(
+            f"{r.run} ({r.status}{': ' + str(r.error) if r.error else ''})" for r in unfinished.itertuples()
+        )
+    return text
+
+
+def _params(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bridgelab params", description="Paper presets vs their published sizes")
+    parser.add_argument("--tolerance", type=float, default=0.02, help="relative difference allowed (default 0.02)")
+    args = parser.parse_args(list(argv))
+    from experiments.harness.params import params_report
+
+    text, ok = params_report(args.tolerance)
+    print(text)
+    return 0 if ok else 1
+
+
+def _demo(argv: Sequence[str]) -> int:
+    from experiments.harness.app import launch
+    from experiments.harness.config import compose
+
+    overrides = ["experiment=quick_ablation", *argv]
+    launch(overrides, multirun=True)
+    plain = [o for o in overrides if "," not in o.partition("=")[2] and not o.startswith(("hydra", "--"))]
+    runs_dir = str(compose(plain).run_dir)
+    print(results_table(runs_dir))
+    from experiments.analysis import load_runs, plot_learning_curves, plot_tradeoffs
+
+    df = load_runs(runs_dir)
+    plots = Path(runs_dir) / "plots"
+    for path in [*plot_tradeoffs(df, plots), plot_learning_curves(df, plots / "learning_curves.png")]:
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bridgelab`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(f"usage: bridgelab COMMAND [ARGS...]\n{_usage()}")
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"bridgelab: unknown command '{command}'. Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if command in ("train", "sweep"):
+        from experiments.harness.app import launch
+
+        launch(rest, multirun=command == "sweep")
+        return 0
+    if command == "demo":
+        return _demo(rest)
+    if command == "table":
+        return _table(rest)
+    return _params(rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""The Hydra application behind ``bridgelab train`` and ``bridgelab sweep``.
+
+One job = one run directory. In a single run it is ``run_dir``; in a multirun (sweep) it is
+``run_dir/<the job's overrides>`` (``hydra.sweep.subdir``), so ``run_dir=PATH`` puts a run or a sweep's runs in PATH.
+A sweep member that fails is recorded in its run directory (status ``failed`` with the traceback) and the sweep goes
+on; rerunning the sweep skips finished members and resumes unfinished ones from their last checkpoint.
+
+With ``launcher=local`` (Hydra's basic launcher) every member runs in this process one after another, so they share
+imports, the world's pretrained backbones and the sample pools (see ``experiments.harness.build``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.harness.runner import RunResult, run
+
+log = logging.getLogger("bridgelab")
+
+
+def _job_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task)
+
+
+def hydra_task(cfg: DictConfig) -> dict[str, Any]:
+    """Run one Hydra job; in a multirun, record failures instead of raising so the other members go on."""
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = hc.runtime.output_dir
+    cfg = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
+    cfg = OmegaConf.create(cfg)
+    tags = dict(cfg.get("tags") or {})
+    tags.setdefault("overrides", _job_overrides())
+    cfg.tags = tags
+    try:
+        result: RunResult = run(cfg, run_dir=run_dir)
+    except Exception as err:  # noqa: BLE001 - a failing member must not stop the sweep
+        if not multirun:
+            raise
+        log.error("Run %s failed: %s: %s (recorded in its run.json)", run_dir, type(err).__name__, err)
+        return {"run_dir": run_dir, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+    if result.skipped:
+        log.info("%s: finished earlier, skipped", run_dir)
+    return {"run_dir": str(result.run_dir), "status": result.status, "metrics": result.metrics}
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def _hydra_main(cfg: DictConfig) -> Any:
+    return hydra_task(cfg)
+
+
+def launch(overrides: Sequence[str], multirun: bool = False, program: str = "bridgelab") -> None:
+    """Run the Hydra app with ``overrides`` (``multirun``: a sweep), as if they were given on the command line."""
+    argv = [program, *(["--multirun"] if multirun else []), *overrides]
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        _hydra_main()
+    finally:
+        sys.argv = saved

@@ -1,0 +1,96 @@
+"""What a run builds before training: plug-ins, the world (pretrained backbones), the data, the model.
+
+The world and the data are memoised per process by their resolved config, so the members of a sweep that run in one
+process (``launcher=local``, or each joblib worker) share the world's pretrained backbones and the sample pools;
+every run still builds its own model from a seeded initialisation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from encoders.registry import ConfigError
+from experiments.harness.config import RunConfig, to_container
+from experiments.harness.data import DATA_SOURCES, TaskData
+
+log = logging.getLogger(__name__)
+
+_MEMO: dict[tuple[str, str], Any] = {}
+
+
+def _key(*parts: Any) -> str:
+    return json.dumps([to_container(p) for p in parts], sort_keys=True, default=str)
+
+
+def memoised(kind: str, key: str, make: Callable[[], Any]) -> Any:
+    """``make()`` once per process for each ``(kind, key)``."""
+    if (kind, key) not in _MEMO:
+        _MEMO[(kind, key)] = make()
+    return _MEMO[(kind, key)]
+
+
+def clear_memo() -> None:
+    _MEMO.clear()
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import user modules (they register bridges, encoders, LMs or data sources on import)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"plugins: cannot import '{name}' ({err}). Is it on PYTHONPATH?") from err
+
+
+def build_world(run: RunConfig) -> Any:
+    """The world's pretrained backbones (``experiments.world.build_world_backbones``), or ``None``."""
+    if run.world is None:
+        return None
+    from experiments.world import build_world_backbones
+
+    return memoised("world", _key(run.world), lambda: build_world_backbones(run.world))
+
+
+def build_data(run: RunConfig, world: Any) -> TaskData:
+    """The run's samples from its data source (memoised on the data config, the seed and the world)."""
+    if run.data is None:
+        raise ConfigError("'data' is not set: choose a data source, e.g. data=world.")
+    entry, config = DATA_SOURCES.make_config(run.data, path="data")
+
+    def make() -> TaskData:
+        data = entry.cls(config, world).build(run.seed)
+        if not isinstance(data, TaskData):
+            raise TypeError(f"Data source '{entry.name}' returned {type(data).__name__}, not TaskData")
+        return data
+
+    return memoised("data", _key(run.data, run.world, run.seed), make)
+
+
+def component_specs(run: RunConfig, world: Any) -> tuple[Any, Any, Any]:
+    """The encoder, bridge and LM specs; the world may fill in its pretrained backbones (``world.resolve_specs``)."""
+    encoder, bridge, llm = to_container(run.encoder), to_container(run.bridge), to_container(run.llm)
+    for name, spec in (("encoder", encoder), ("bridge", bridge), ("llm", llm)):
+        if spec is None:
+            raise ConfigError(f"'{name}' is not set: choose one, e.g. {name}=<option> (see experiments/configs/{name}/).")
+    if world is not None and hasattr(world, "resolve_specs"):
+        encoder, llm = world.resolve_specs(encoder, llm)
+    return encoder, bridge, llm
+
+
+def build_model(run: RunConfig, world: Any = None) -> Any:
+    """A fresh ``MultimodalLM`` (encoders + bridge + LM) for ``run``."""
+    from llm_adapters.multimodal_lm import build_multimodal_lm
+
+    encoder, bridge, llm = component_specs(run, world)
+    return build_multimodal_lm(encoder, bridge, llm)
+
+
+def collators(model: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The model's (training, generation) collators: samples -> ``MultimodalBatch``."""
+    from llm_adapters import MultimodalCollator
+
+    return MultimodalCollator.for_model(model, train=True), MultimodalCollator.for_model(model, train=False)

@@ -1,0 +1,189 @@
+"""Callbacks and the logger that write the run directory: metrics.jsonl, atomic checkpoints, throughput, predictions."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+from experiments.harness.rundir import RunDir, read_jsonl, write_jsonl_atomic
+
+
+class JsonlLogger(Logger):
+    """Appends ``{"stage", "step", "global_step", "time", <metrics>}`` records to ``metrics.jsonl``.
+
+    The file is rewritten atomically (at most once a second, and at every checkpoint and at the end). Records that
+    a resumed stage will produce again (steps after the checkpoint it resumes from, and any later stage) are
+    dropped when the logger is created.
+    """
+
+    def __init__(self, run_dir: RunDir, stage: str, step_offset: int = 0, resume_step: int = 0,
+                 later_stages: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.stage = stage
+        self.step_offset = step_offset
+        self._records = [
+            r
+            for r in read_jsonl(run_dir.metrics_file)
+            if r.get("stage") not in later_stages and not (r.get("stage") == stage and r.get("step", 0) > resume_step)
+        ]
+        self._dirty = True
+        self._last_flush = 0.0
+
+    @property
+    def name(self) -> str:
+        return "jsonl"
+
+    @property
+    def version(self) -> str:
+        return self.stage
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        step = int(step or 0)
+        record = {"stage": self.stage, "step": step, "global_step": self.step_offset + step, "time": time.time()}
+        record.update({k: float(v) for k, v in metrics.items()})
+        self._records.append(record)
+        self._dirty = True
+        if time.monotonic() - self._last_flush > 1.0:
+            self.flush()
+
+    @rank_zero_only
+    def flush(self) -> None:
+        if self._dirty:
+            write_jsonl_atomic(self.run_dir.metrics_file, self._records)
+            self._dirty = False
+            self._last_flush = time.monotonic()
+
+    @rank_zero_only
+    def save(self) -> None:
+        self.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.flush()
+
+
+def save_checkpoint_atomic(trainer: L.Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint`` to a temporary name, then ``os.replace`` (rank 0), then a barrier."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(str(tmp))
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+    trainer.strategy.barrier("bridgelab_checkpoint")
+
+
+class AtomicCheckpoint(Callback):
+    """Saves ``last.ckpt`` every ``every_n_steps`` optimiser steps (0: never mid-stage) and flushes the metrics."""
+
+    def __init__(self, path: Path, every_n_steps: int, metrics: JsonlLogger | None = None) -> None:
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.metrics = metrics
+        self._saved_at = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._saved_at:
+            return
+        if step >= (trainer.max_steps if trainer.max_steps > 0 else step + 1):
+            return  # the runner saves the stage's final checkpoint
+        if self.metrics is not None:
+            self.metrics.flush()
+        save_checkpoint_atomic(trainer, self.path)
+        self._saved_at = step
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak accelerator memory (CUDA, allocated by tensors) and peak resident memory of this process."""
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+class Throughput(Callback):
+    """Training samples/s over all ranks, skipping the first ``skip_steps`` optimiser steps; peak memory.
+
+    Results land in ``trainer.callback_metrics`` under ``perf/*`` (they survive ``ddp_spawn``) and in
+    :attr:`result`.
+    """
+
+    def __init__(self, samples_per_micro_batch: int, world_size: int, skip_steps: int = 3) -> None:
+        self.samples = samples_per_micro_batch * world_size
+        self.skip_steps = skip_steps
+        self.result: dict[str, float] = {}
+        self._t0: float | None = None
+        self._count = 0
+        self._start = 0.0
+        self._skip_at = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._t0 = None
+        self._count = 0
+        self._skip_at = trainer.global_step + self.skip_steps
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._t0 is None:
+            if trainer.global_step >= self._skip_at:
+                self._t0 = time.perf_counter()
+            return
+        self._count += 1
+        elapsed = time.perf_counter() - self._t0
+        if elapsed > 0:
+            rate = self._count * self.samples / elapsed
+            self.result["samples_per_s"] = rate
+            pl_module.log("perf/samples_per_s", rate, logger=False, rank_zero_only=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.result["train_time_s"] = time.perf_counter() - self._start
+        self.result.update(peak_memory_mb())
+
+
+class PredictionCollector(BasePredictionWriter):
+    """Keeps each rank's predictions; with several ranks also writes them to part files for rank 0 to merge."""
+
+    def __init__(self, part_dir: Path) -> None:
+        super().__init__(write_interval="batch")
+        self.part_dir = Path(part_dir)
+        self.records: list[dict[str, Any]] = []
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.records = []
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any, *args: Any) -> None:
+        self.records.extend(prediction)
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:
+            write_jsonl_atomic(self.part_dir / f".predictions.rank{trainer.global_rank}.jsonl", self.records)
+            trainer.strategy.barrier("bridgelab_predictions")
+
+    def gather(self, world_size: int) -> list[dict[str, Any]]:
+        """All ranks' records, de-duplicated by sample index and sorted (part files removed)."""
+        records = list(self.records)
+        if world_size > 1:
+            records = []
+            for part in sorted(self.part_dir.glob(".predictions.rank*.jsonl")):
+                records += read_jsonl(part)
+                part.unlink()
+        unique = {int(r["index"]): r for r in records}
+        return [unique[i] for i in sorted(unique)]

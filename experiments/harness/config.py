@@ -1,0 +1,329 @@
+"""The run configuration: typed dataclasses for everything the harness owns, strict validation, composition.
+
+Merge order (documented once, here): dataclass defaults < ``experiment/`` preset < ``paper/`` preset < CLI
+overrides. Hydra composes the YAML groups (``experiments/configs/config.yaml`` lists them);
+:func:`validate_config` then merges the result onto :class:`RunConfig`, so a misspelt key or a wrong type fails
+at once with the key's full path and the valid keys at that path. The component sections (``encoder``, ``llm``,
+``bridge``, ``data``, ``world``) are typed ``Any`` here: their own registries validate them the same way when the
+model and the data are built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from encoders.registry import ConfigError, merge_config
+
+CONFIG_MODULE = "experiments.configs"
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the LM (through ``peft``); their parameters form the group ``lm.lora``.
+
+    Defaults follow the common LLaVA-1.5 LoRA recipe scaled down (r=8 here vs 128 there; alpha = 2 r).
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class StageConfig:
+    """One training stage.
+
+    Attributes:
+        trainable: glob patterns over the model's named parameter groups (``encoder``, ``encoder.last_k``,
+            ``bridge``, ``bridge.gates``, ``lm``, ``lm.new_tokens``, ``lm.lora``); every parameter of a matched
+            group trains, every other parameter is frozen. Asserted at the stage start.
+        lr: peak learning rate of every trainable group without an entry in ``group_lr``.
+        group_lr: peak learning rate per group pattern (first matching pattern wins), e.g. ``{lm: 2e-5}``.
+        max_steps: optimiser steps of this stage.
+        warmup_ratio: share of ``max_steps`` with linear warm-up (LLaVA uses 0.03), then cosine decay.
+        min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
+        weight_decay: AdamW decay on matrices (biases and norms never decay).
+        betas: AdamW betas.
+        grad_clip: gradient-norm clip, ``None`` to disable.
+        effective_batch_size: samples per optimiser step over all devices; ``None`` takes ``train``'s.
+        lora: add LoRA adapters to the LM at the start of this stage (they stay for later stages).
+        tasks: training tasks of this stage, ``None`` for all the data's training tasks.
+    """
+
+    trainable: list[str] = field(default_factory=lambda: ["bridge"])
+    lr: float = 1e-3
+    group_lr: dict[str, float] = field(default_factory=dict)
+    max_steps: int = 100
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float | None = 1.0
+    effective_batch_size: int | None = None
+    lora: LoraConfig | None = None
+    tasks: list[str] | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Batching, checkpointing and logging cadence shared by all stages.
+
+    Attributes:
+        effective_batch_size: samples per optimiser step over all devices (the setting that matters);
+            gradient accumulation = effective / (micro_batch_size x world size), which must divide exactly.
+        micro_batch_size: samples per device per forward pass; ``None`` = effective / world size.
+        num_workers: DataLoader workers (0 keeps everything in the main process).
+        checkpoint_every_n_steps: save ``last.ckpt`` every n optimiser steps (0: only at the stage end).
+        log_every_n_steps: training scalars go to the loggers and ``metrics.jsonl`` every n steps.
+    """
+
+    effective_batch_size: int = 32
+    micro_batch_size: int | None = None
+    num_workers: int = 0
+    checkpoint_every_n_steps: int = 0
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class TrainerConfig:
+    """The Lightning ``Trainer`` (presets: ``trainer/cpu``, ``gpu``, ``ddp``, ``ddp_spawn``, ``fsdp``).
+
+    Attributes:
+        loggers: any of ``csv``, ``tensorboard``, ``wandb``, ``mlflow`` (``metrics.jsonl`` is always written).
+        fsdp_sharding: FSDP sharding strategy when ``strategy == "fsdp"``.
+    """
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = False
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
+    progress_bar: bool = True
+    fsdp_sharding: str = "FULL_SHARD"
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation by greedy generation and exact match on short answers.
+
+    Attributes:
+        tasks: tasks to evaluate, ``None`` for every evaluation task of the data.
+        limit: evaluate at most this many samples per task (``None``: all).
+    """
+
+    enabled: bool = True
+    batch_size: int = 64
+    max_new_tokens: int = 4
+    tasks: list[str] | None = None
+    limit: int | None = None
+
+
+@dataclass
+class EfficiencyConfig:
+    """What ``efficiency.json`` measures.
+
+    Attributes:
+        flops: count FLOPs per sample with ``torch.utils.flop_counter`` (one forward, one forward+backward).
+        skip_steps: first training steps excluded from the samples/s figure (warm-up, allocator).
+    """
+
+    enabled: bool = True
+    flops: bool = True
+    skip_steps: int = 3
+
+
+@dataclass
+class RunConfig:
+    """A whole run. ``encoder``/``llm``/``bridge``/``data``/``world`` are validated by their own registries.
+
+    Attributes:
+        name: a label for tables.
+        run_dir: where the run lives; in a sweep, the root that holds one sub-directory per member.
+        seed: seeds everything (model init, data order, dropout).
+        plugins: modules imported before anything is built (user bridges, encoders, LMs register on import).
+        resume: rerunning continues an unfinished run from its last checkpoint and skips a finished one;
+            ``False`` refuses to touch an existing run directory.
+        bridge_overrides: per bridge name, fields merged onto ``bridge`` when it is that bridge (a sweep over
+            ``bridge=...`` can size every bridge; the result is what ``run.json`` records as ``bridge``).
+        tags: free-form labels copied to ``run.json`` (e.g. the sweep axis values).
+    """
+
+    name: str = "run"
+    run_dir: str = "runs/${name}"
+    seed: int = 0
+    plugins: list[str] = field(default_factory=list)
+    resume: bool = True
+    encoder: Any = None
+    llm: Any = None
+    bridge: Any = None
+    bridge_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: Any = None
+    world: Any = None
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+# Keys that do not change what a run computes: excluded from the config hash, so changing them keeps a run
+# resumable (and a finished run skippable).
+NON_SEMANTIC_KEYS = (
+    "name",
+    "run_dir",
+    "resume",
+    "tags",
+    "trainer.loggers",
+    "trainer.progress_bar",
+    "train.num_workers",
+    "train.checkpoint_every_n_steps",
+    "train.log_every_n_steps",
+)
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
+def _check_keys(node: Any, cls: type, path: str) -> None:
+    """Raise :class:`ConfigError` on the first key of ``node`` that ``cls`` (a dataclass) does not have."""
+    if not isinstance(node, Mapping):
+        return
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key, value in node.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"Unknown config key '{full}'.{hint} Valid keys at '{path or '<root>'}': {', '.join(valid)}.")
+        tp = _unwrap_optional(hints[key])
+        if dataclasses.is_dataclass(tp):
+            _check_keys(value, tp, full)
+        elif typing.get_origin(tp) is dict and isinstance(value, Mapping):
+            inner = _unwrap_optional(typing.get_args(tp)[1])
+            if dataclasses.is_dataclass(inner):
+                for sub, sub_value in value.items():
+                    _check_keys(sub_value, inner, f"{full}.{sub}")
+
+
+def to_container(cfg: Any) -> Any:
+    """A plain, resolved Python container of an OmegaConf node (or the value itself)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    return cfg
+
+
+def validate_config(cfg: Mapping[str, Any] | DictConfig | RunConfig) -> RunConfig:
+    """Merge a composed config onto :class:`RunConfig` defaults and return the typed, resolved result.
+
+    Raises:
+        ConfigError: an unknown key (with its full path and the valid keys there) or a wrong type.
+    """
+    if isinstance(cfg, RunConfig):
+        return cfg
+    data = to_container(cfg)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"A run config must be a mapping, got {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k != "hydra"}
+    _check_keys(data, RunConfig, "")
+    data = _apply_bridge_overrides(data)
+    run = merge_config(RunConfig, data)
+    if not run.stages:
+        raise ConfigError("'stages' is empty: declare at least one stage (e.g. stages=align).")
+    for stage_name, stage in run.stages.items():
+        if stage.max_steps < 1:
+            raise ConfigError(f"'stages.{stage_name}.max_steps' must be >= 1, got {stage.max_steps}.")
+        if not stage.trainable:
+            raise ConfigError(f"'stages.{stage_name}.trainable' is empty: name at least one parameter group.")
+    return run
+
+
+def _apply_bridge_overrides(data: dict[str, Any]) -> dict[str, Any]:
+    bridge, table = data.get("bridge"), data.get("bridge_overrides") or {}
+    if isinstance(bridge, str):
+        bridge = {"name": bridge}
+    if not isinstance(bridge, Mapping) or bridge.get("name") not in table:
+        return data
+    return {**data, "bridge": {**bridge, **dict(table[bridge["name"]])}}
+
+
+def config_dict(run: RunConfig) -> dict[str, Any]:
+    """The resolved config as a plain dict (what ``run.json`` and checkpoints store)."""
+    return to_container(run)
+
+
+def _drop(data: dict[str, Any], dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        if isinstance(data.get(head), dict):
+            _drop(data[head], rest)
+    else:
+        data.pop(head, None)
+
+
+def semantic_config(run: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The config without the keys that do not change results (:data:`NON_SEMANTIC_KEYS`)."""
+    data = json.loads(json.dumps(config_dict(run) if isinstance(run, RunConfig) else dict(run), default=str))
+    for key in NON_SEMANTIC_KEYS:
+        _drop(data, key)
+    return data
+
+
+def config_hash(run: RunConfig | Mapping[str, Any]) -> str:
+    blob = json.dumps(semantic_config(run), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, full))
+        else:
+            out[full] = value
+    return out
+
+
+def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    fa, fb = flatten(a), flatten(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose the Hydra config tree from Python (notebooks, tests), as ``bridgelab train`` would.
+
+    ``overrides`` are Hydra override strings, e.g. ``["experiment=smoke", "bridge=qformer", "seed=1"]``.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> RunConfig:
+    """:func:`compose` then :func:`validate_config`."""
+    return validate_config(compose(overrides, config_name))

@@ -1,0 +1,97 @@
+"""Rebuild a trained model from its run directory alone (for notebooks and re-evaluation).
+
+``load_run(run_dir)`` reads the resolved config from ``run.json``, rebuilds the world's frozen backbones and a
+seeded model exactly as the run did, re-adds LoRA adapters where a stage declared them, and loads the trainable
+weights of the latest checkpoint (the last finished stage's ``final.ckpt``, else an unfinished stage's
+``last.ckpt``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from experiments.harness import build as _build
+from experiments.harness.build import build_model, build_world, import_plugins
+from experiments.harness.config import RunConfig, validate_config
+from experiments.harness.module import CKPT_KEY
+from experiments.harness.rundir import RunDir
+from experiments.harness.stages import add_lora
+
+
+@dataclass
+class LoadedRun:
+    """A rebuilt model with its config and run record.
+
+    Attributes:
+        model: the ``MultimodalLM`` in eval mode, trained weights loaded.
+        config: the run's resolved :class:`~experiments.harness.config.RunConfig`.
+        record: the contents of ``run.json``.
+        checkpoint: the checkpoint the weights came from (``None``: none was written, initial weights).
+        collate: the generation collator (samples -> batch).
+    """
+
+    model: nn.Module
+    config: RunConfig
+    record: dict[str, Any]
+    checkpoint: Path | None
+    collate: Any
+    train_collate: Any
+
+    @torch.no_grad()
+    def answer(self, samples: Sequence[Mapping[str, Any]], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers for samples (``{"text", "images", ...}``)."""
+        from experiments.harness.module import generate_answers
+
+        device = next(self.model.parameters()).device
+        batch = self.collate(list(samples)).to(device)
+        return generate_answers(self.model, batch, max_new_tokens or self.config.eval.max_new_tokens)
+
+
+def latest_checkpoint(rd: RunDir, stages: Sequence[str]) -> tuple[str | None, Path | None]:
+    """The stage and path of the newest checkpoint: a later stage's ``last.ckpt`` beats an earlier ``final.ckpt``."""
+    found: tuple[str | None, Path | None] = (None, None)
+    for name in stages:
+        if rd.final_checkpoint(name).exists():
+            found = (name, rd.final_checkpoint(name))
+        elif rd.last_checkpoint(name).exists():
+            return name, rd.last_checkpoint(name)
+        else:
+            break
+    return found
+
+
+def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild the model of the run in ``run_dir`` for inference (see the module docstring)."""
+    rd = RunDir(run_dir)
+    record = rd.read()
+    config = validate_config(record["config"])
+    import_plugins(config.plugins)
+    world = build_world(config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    model = build_model(config, world)
+    stages = list(config.stages)
+    stage, path = latest_checkpoint(rd, stages)
+    if path is not None:
+        for name in stages[: stages.index(stage) + 1]:  # type: ignore[arg-type]
+            lora = config.stages[name].lora
+            if lora is not None:
+                add_lora(model, lora)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise RuntimeError(
+                f"{path} holds tensors this model does not have (e.g. {unexpected[0]}); "
+                f"it was written by stage '{checkpoint.get(CKPT_KEY, {}).get('stage')}' of a different model."
+            )
+    model.to(device).eval()
+    train_collate, eval_collate = _build.collators(model)
+    return LoadedRun(model, config, record, path, eval_collate, train_collate)

@@ -1,0 +1,295 @@
+"""Runs one configured experiment end to end and keeps its run directory truthful.
+
+``run(cfg)``: validate the config; skip the run if its directory holds a finished run with the same config, continue
+it from its last checkpoint if unfinished, refuse if the config differs; build the world, the data and a seeded model;
+train each declared stage (asserting the frozen/trainable table at its start, checkpointing trainable weights);
+evaluate by generation per task; write ``efficiency.json``; record ``finished`` (or ``failed`` with the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.rank_zero import _get_rank
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig
+
+from encoders.registry import ConfigError
+from experiments.harness import build as _build
+from experiments.harness.build import build_data, build_model, build_world, import_plugins
+from experiments.harness.callbacks import AtomicCheckpoint, JsonlLogger, PredictionCollector, Throughput
+from experiments.harness.callbacks import save_checkpoint_atomic
+from experiments.harness.config import RunConfig, config_dict, config_diff, config_hash, semantic_config
+from experiments.harness.config import validate_config
+from experiments.harness.data import TaskData
+from experiments.harness.datamodule import BridgeDataModule
+from experiments.harness.efficiency import flops_per_sample, summarise
+from experiments.harness.evaluation import prediction_records, score
+from experiments.harness.module import CKPT_KEY, BridgeLitModule
+from experiments.harness.rundir import STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, RunDir, git_info, now_iso
+from experiments.harness.rundir import package_versions
+from experiments.harness.stages import apply_stage, count_params
+from experiments.harness.trainer import BatchPlan, batch_plan, build_loggers, build_trainer, world_size_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns: where the run is, how it ended, its final metrics."""
+
+    run_dir: Path
+    status: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+    error: str | None = None
+
+
+def is_global_zero() -> bool:
+    rank = _get_rank()
+    return rank is None or rank == 0
+
+
+def _check_existing(rd: RunDir, run: RunConfig, digest: str) -> dict[str, Any] | None:
+    """The previous record of ``rd`` when it may be resumed or skipped; raise when it belongs to another config."""
+    if not rd.exists():
+        return None
+    previous = rd.read()
+    if not run.resume:
+        raise ConfigError(
+            f"{rd.path} already holds a run (status {previous.get('status')}) and resume=false. "
+            "Pick another run_dir, delete it, or set resume=true."
+        )
+    if previous.get("config_hash") != digest:
+        diff = config_diff(semantic_config(previous.get("config", {})), semantic_config(run))
+        raise ConfigError(
+            f"{rd.path} holds a run with a different config (differs at: {', '.join(diff[:8]) or '?'}). "
+            "Pick another run_dir (run_dir=PATH) or delete the old one."
+        )
+    return previous
+
+
+def run(cfg: RunConfig | DictConfig | Mapping[str, Any], run_dir: str | os.PathLike[str] | None = None) -> RunResult:
+    """Run (or resume, or skip) one experiment; see the module docstring. Raises what the run raised."""
+    config = validate_config(cfg)
+    rd = RunDir(run_dir if run_dir is not None else config.run_dir)
+    import_plugins(config.plugins)
+    digest = config_hash(config)
+    previous = _check_existing(rd, config, digest)
+    if previous is not None and previous.get("status") == STATUS_FINISHED:
+        log.info("Skipping %s: finished already", rd.path)
+        return RunResult(rd.path, STATUS_FINISHED, previous.get("metrics", {}), skipped=True)
+    zero = is_global_zero()
+    started = time.time()
+    if zero:
+        rd.update(
+            name=config.name,
+            status=STATUS_RUNNING,
+            error=None,
+            traceback=None,
+            config=config_dict(config),
+            config_hash=digest,
+            seed=config.seed,
+            tags=dict(config.tags),
+            git=git_info(),
+            versions=package_versions(),
+            host=os.uname().nodename,
+            started=now_iso(),
+            attempts=int((previous or {}).get("attempts", 0)) + 1,
+        )
+    try:
+        metrics = _execute(config, rd)
+    except BaseException as err:
+        if zero:
+            rd.update(
+                status=STATUS_FAILED,
+                error=f"{type(err).__name__}: {err}",
+                traceback=traceback.format_exc(),
+                duration_s=time.time() - started,
+            )
+        raise
+    if zero:
+        rd.update(status=STATUS_FINISHED, metrics=metrics, finished=now_iso(), duration_s=time.time() - started)
+    return RunResult(rd.path, STATUS_FINISHED, metrics)
+
+
+def _load_weights(module: BridgeLitModule, path: Path) -> None:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+
+
+def _resume_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))
+
+
+def _execute(run: RunConfig, rd: RunDir) -> dict[str, Any]:
+    L.seed_everything(run.seed, workers=True, verbose=False)
+    world = build_world(run)
+    data = build_data(run, world)
+    L.seed_everything(run.seed, workers=True, verbose=False)  # model init independent of data memoisation
+    model = build_model(run, world)
+    train_collate, eval_collate = _build.collators(model)
+    resolved = config_dict(run)
+    zero = is_global_zero()
+    if zero:
+        rd.update(
+            tasks={t: data.info.get(t, {}) for t in data.eval},
+            world=getattr(world, "quality", None),
+        )
+
+    names = list(run.stages)
+    earlier = {r["name"]: r for r in (rd.read().get("stages") or [])} if rd.exists() else {}
+    saved: list[str] = []
+    offset = 0
+    stage_records: list[dict[str, Any]] = []
+    stage_params: dict[str, dict[str, int]] = {}
+    stage_perf: dict[str, dict[str, Any]] = {}
+    plans: dict[str, dict[str, int]] = {}
+    ever_trainable: set[int] = set()
+    module: BridgeLitModule | None = None
+    for i, (name, stage) in enumerate(run.stages.items()):
+        plan = apply_stage(model, name, stage)
+        saved += [g for g in ("bridge", *plan.trainable_groups) if g not in saved]
+        bplan = batch_plan(run, stage)
+        plans[name] = bplan.as_dict()
+        stage_params[name] = count_params(model)
+        ever_trainable |= {id(p) for p in model.parameters() if p.requires_grad}
+        module = BridgeLitModule(model, name, stage, plan, saved, resolved, run.eval.max_new_tokens)
+        final, last = rd.final_checkpoint(name), rd.last_checkpoint(name)
+        record = {
+            "name": name,
+            "max_steps": stage.max_steps,
+            "trainable_groups": list(plan.trainable_groups),
+            "params": stage_params[name],
+            "table": plan.as_records(),
+            "batch": plans[name],
+            "checkpoint": str(final.relative_to(rd.path)),
+        }
+        if final.exists():
+            log.info("Stage '%s' finished earlier: loading %s", name, final)
+            _load_weights(module, final)
+            stage_perf[name] = dict(earlier.get(name, {}).get("perf", {}))
+        else:
+            ckpt = last if last.exists() else None
+            resume_step = _resume_step(last) if ckpt else 0
+            if ckpt:
+                log.info("Stage '%s': resuming from %s (step %d)", name, last, resume_step)
+            stage_perf[name] = _fit_stage(run, rd, module, data, stage, bplan, name, names[i + 1 :], offset,
+                                          ckpt, resume_step, train_collate, eval_collate)
+        record["perf"] = stage_perf[name]
+        stage_records.append(record)
+        if zero:
+            rd.update(stages=stage_records)
+        offset += stage.max_steps
+
+    assert module is not None
+    metrics: dict[str, Any] = {}
+    train_loss = [r["train/loss"] for r in rd.read_metrics() if "train/loss" in r]
+    if train_loss:
+        metrics["train/loss"] = train_loss[-1]
+    flops = None
+    if zero and run.efficiency.enabled and run.efficiency.flops and run.trainer.strategy != "fsdp":
+        tasks = data.select_train(None, "data")
+        flops = flops_per_sample(model, tasks, train_collate, next(model.parameters()).device)
+    if run.eval.enabled:
+        metrics.update(_evaluate(run, rd, module, data, eval_collate))
+    if zero and run.efficiency.enabled:
+        rd.write_efficiency(
+            summarise(model, stage_params, stage_perf, flops, plans, sum(p.numel() for p in model.parameters()
+                                                                       if id(p) in ever_trainable))
+        )
+    return metrics
+
+
+def _fit_stage(
+    run: RunConfig,
+    rd: RunDir,
+    module: BridgeLitModule,
+    data: TaskData,
+    stage: Any,
+    bplan: BatchPlan,
+    name: str,
+    later: list[str],
+    offset: int,
+    ckpt: Path | None,
+    resume_step: int,
+    train_collate: Any,
+    eval_collate: Any,
+) -> dict[str, Any]:
+    jsonl = JsonlLogger(rd, name, offset, resume_step, tuple(later))
+    datamodule = BridgeDataModule(
+        data.select_train(stage.tasks, f"stages.{name}.tasks"),
+        {},
+        train_collate,
+        eval_collate,
+        micro_batch_size=bplan.micro,
+        accumulation=bplan.accumulation,
+        seed=run.seed,
+        num_workers=run.train.num_workers,
+        task_weights=data.weights,
+    )
+    throughput = Throughput(bplan.micro, bplan.world_size, run.efficiency.skip_steps)
+    callbacks = [AtomicCheckpoint(rd.last_checkpoint(name), run.train.checkpoint_every_n_steps, jsonl), throughput]
+    loggers = [jsonl, *build_loggers(run.trainer.loggers, rd.path, name)]
+    if len(loggers) > 1 or run.trainer.loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer = build_trainer(
+        run, max_steps=stage.max_steps, plan=bplan, grad_clip=stage.grad_clip, callbacks=callbacks,
+        loggers=loggers, model=module.model,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    save_checkpoint_atomic(trainer, rd.final_checkpoint(name))
+    jsonl.flush()
+    if trainer.is_global_zero and rd.last_checkpoint(name).exists():
+        rd.last_checkpoint(name).unlink()
+    perf = dict(throughput.result)
+    for key, value in trainer.callback_metrics.items():  # what comes back from spawned processes
+        if key.startswith("perf/"):
+            perf.setdefault(key[len("perf/") :], float(value))
+    return perf
+
+
+def _evaluate(
+    run: RunConfig, rd: RunDir, module: BridgeLitModule, data: TaskData, eval_collate: Any
+) -> dict[str, Any]:
+    tasks = data.select_eval(run.eval.tasks, "eval.tasks")
+    datamodule = BridgeDataModule(
+        {}, tasks, eval_collate, eval_collate, micro_batch_size=1, seed=run.seed,
+        eval_batch_size=run.eval.batch_size, num_workers=run.train.num_workers, eval_limit=run.eval.limit,
+    )
+    world = world_size_of(run.trainer)
+    metrics: dict[str, Any] = {}
+    for task, dataset in datamodule.eval_sets.items():
+        collector = PredictionCollector(rd.eval_dir(task))
+        trainer = build_trainer(
+            run, max_steps=0, plan=BatchPlan(1, 1, 1, world), callbacks=[collector], model=module.model
+        )
+        trainer.predict(module, dataloaders=datamodule.eval_dataloader(task), return_predictions=False)
+        if not is_global_zero():
+            continue
+        records = prediction_records(dataset.samples, collector.gather(world), task)
+        scores = score(records, task)
+        scores.update({k: v for k, v in data.info.get(task, {}).items() if k not in scores})
+        rd.write_predictions(task, records)
+        rd.write_scores(task, scores)
+        metrics[f"eval/{task}/exact_match"] = scores["exact_match"]
+        log.info("%s: %s exact match %.3f (n=%d)", rd.path.name, task, scores["exact_match"], scores["n"])
+    if metrics:
+        values = [v for k, v in metrics.items() if k.endswith("/exact_match")]
+        metrics["eval/mean_exact_match"] = sum(values) / len(values)
+    return metrics
+
+
+def checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The resolved run config stored in a checkpoint."""
+    return torch.load(path, map_location="cpu", weights_only=False)[CKPT_KEY]["config"]
