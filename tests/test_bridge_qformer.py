@@ -359,3 +359,32 @@ def test_pretrainer_needs_text_layers_and_two_pairs() -> None:
     model = pretrainer()
     with pytest.raises(ValueError, match="at least 2"):
         model(features(1).hidden[-1], torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- learning through MultimodalLM
+
+
+@pytest.mark.parametrize("instruct", [False, True])
+def test_learns_through_multimodal_lm(instruct: bool) -> None:
+    from test_llm_fakes import fake_encoders, make_batch
+
+    from llm_adapters.multimodal_lm import build_multimodal_lm
+
+    spec = {"name": "qformer", **TINY, "with_cls": False, "instruction_aware": instruct}
+    model = build_multimodal_lm(fake_encoders(), spec, "tiny_llama")
+    batch = make_batch(model.lm, ["a <image> red square", "<image> two <image> blue circles"])
+    if instruct:
+        batch.instruction_ids, batch.instruction_mask = instruction(2, length=4)
+    optimizer = torch.optim.Adam(model.bridge.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = model(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+    if instruct:  # the batch's instruction reaches the Q-Former
+        batch.instruction_ids = batch.instruction_ids.flip(0)
+        with torch.no_grad():
+            assert abs(model(batch).loss.item() - losses[-1]) > 1e-4
