@@ -6,10 +6,20 @@ Importing this package registers the LM presets in :data:`LLMS`.
 from llm_adapters import presets as _presets  # noqa: F401  (registers the presets)
 from llm_adapters.adapter import IMAGE_TOKEN, LLMS, LMAdapter, LMConfig, build_lm, list_llms
 from llm_adapters.batch import MultimodalBatch
+from llm_adapters.collate import MultimodalCollator
+from llm_adapters.multimodal_lm import MultimodalLM, MultimodalLMOutput, build_multimodal_lm
 from llm_adapters.splice import SpliceOutput, positions_from_mask, splice_visual_tokens
+from llm_adapters.templates import TEMPLATES, ChatTemplate, get_template
 
 __all__ = [
     "IMAGE_TOKEN",
+    "TEMPLATES",
+    "ChatTemplate",
+    "MultimodalCollator",
+    "MultimodalLM",
+    "MultimodalLMOutput",
+    "build_multimodal_lm",
+    "get_template",
     "LLMS",
     "LMAdapter",
     "LMConfig",

@@ -1,6 +1,7 @@
 """Chat templates: how a conversation becomes text, split into prompt segments and trained (answer) segments.
 
-``plain`` is for the tiny LMs (their tokenizers know no chat markup); the others follow each family's released
+``none`` concatenates prompt, answer and EOS with no markup (closed-vocabulary LMs); ``plain`` is a minimal
+``user:`` / ``assistant:`` format for the tiny byte-level LMs; the others follow each family's released
 format: Vicuna v1.1 (LLaVA-1.5, InstructBLIP), Llama-2-chat, Mistral-instruct and Qwen2's ChatML. A template renders
 ``messages`` (``{"role": "system"|"user"|"assistant", "content": str}``) into ``(text, is_target)`` segments; the
 collator tokenizes each segment and puts labels only on target segments (assistant turns and their end marker).
@@ -25,6 +26,8 @@ class ChatTemplate:
         system_format: how a system prompt is written (``{content}``).
         user_format: how a user turn is written (``{content}``).
         assistant_prefix: text opening an assistant turn (part of the prompt; generation starts after it).
+        assistant_format: how the answer itself is written (``{content}``; a leading space keeps words apart when
+            the prefix ends without one, so generation starts right after the prefix).
         assistant_suffix: text closing an assistant turn (trained, so the model learns to stop);
             ``{eos}`` is replaced by the tokenizer's EOS string.
         system_in_user: write the system prompt inside the first user turn (Llama-2-chat's ``<<SYS>>`` block).
@@ -35,6 +38,7 @@ class ChatTemplate:
     system_format: str = "{content}"
     user_format: str = "{content}"
     assistant_prefix: str = ""
+    assistant_format: str = "{content}"
     assistant_suffix: str = "{eos}"
     system_in_user: bool = False
 
@@ -56,7 +60,8 @@ class ChatTemplate:
                 segments.append((self.user_format.format(content=content), False))
             elif role == "assistant":
                 segments.append((self.assistant_prefix, False))
-                segments.append((content + self.assistant_suffix.format(eos=eos), True))
+                answer = self.assistant_format.format(content=content) + self.assistant_suffix.format(eos=eos)
+                segments.append((answer, True))
             else:
                 raise ValueError(f"Unknown chat role '{role}'; use 'system' (first only), 'user' or 'assistant'")
         if add_generation_prompt:
@@ -72,13 +77,21 @@ VICUNA_SYSTEM = (
 TEMPLATES: dict[str, ChatTemplate] = {
     t.name: t
     for t in (
-        ChatTemplate("plain", user_format="user: {content}\n", assistant_prefix="assistant:", assistant_suffix=" {eos}"),
+        ChatTemplate("none"),  # prompt text then answer + EOS, no markup (closed-vocabulary LMs such as the world's)
+        ChatTemplate(
+            "plain",
+            user_format="user: {content}\n",
+            assistant_prefix="assistant:",
+            assistant_format=" {content}",
+            assistant_suffix=" {eos}",
+        ),
         ChatTemplate(
             "vicuna",
             system=VICUNA_SYSTEM,
             system_format="{content} ",
             user_format="USER: {content} ",
             assistant_prefix="ASSISTANT:",
+            assistant_format=" {content}",
             assistant_suffix="{eos}",
         ),
         ChatTemplate(

@@ -1,4 +1,4 @@
-"""Tiny stand-ins shared by the llm_adapters tests: a conv-patch encoder set, a linear prefix bridge, a gated inject bridge.
+"""Tiny stand-ins shared by the llm_adapters tests: a conv-patch encoder (in a real EncoderSet), a linear prefix bridge, a gated inject bridge.
 
 The bridges are registered under test-only names (``_test_linear``, ``_test_gated``). The tests at the bottom check
 the fakes themselves, so a failure elsewhere is not a fake's fault.
@@ -6,7 +6,7 @@ the fakes themselves, so a failure elsewhere is not a fake's fault.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -24,6 +24,7 @@ from bridges.base import (
     LMHost,
     PrefixBridge,
 )
+from encoders import EncoderSet, ImageTransform
 from encoders.base import VisionEncoder, VisionFeatures, resolve_layers
 from llm_adapters.batch import MultimodalBatch
 
@@ -54,27 +55,13 @@ class TinyConvEncoder(VisionEncoder):
     def blocks(self) -> Sequence[nn.Module]:
         return list(self.layers)
 
-
-class FakeEncoderSet(nn.ModuleDict):
-    """The ``encoders.EncoderSet`` API: ``.names``, ``[name]``, ``forward(pixels, layers, with_cls)``."""
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.keys())
-
-    def forward(
-        self, pixels: torch.Tensor | Mapping[str, torch.Tensor], layers: Sequence[int] = (-1,), with_cls: bool = False
-    ) -> dict[str, VisionFeatures]:
-        return {
-            name: enc(pixels[name] if isinstance(pixels, Mapping) else pixels, layers, with_cls)
-            for name, enc in self.items()
-        }
+    def transform(self) -> ImageTransform:
+        return ImageTransform(self.image_size, self.mean, self.std)
 
 
-def fake_encoders(last_k: int = 0, **widths: int) -> FakeEncoderSet:
-    return FakeEncoderSet(
-        {name: TinyConvEncoder(width, last_k=last_k) for name, width in (widths or {"vit": 32}).items()}
-    )
+def fake_encoders(last_k: int = 0, **widths: int) -> EncoderSet:
+    """A real :class:`encoders.EncoderSet` of tiny conv encoders (default: one named ``vit``, width 32)."""
+    return EncoderSet({name: TinyConvEncoder(width, last_k=last_k) for name, width in (widths or {"vit": 32}).items()})
 
 
 @dataclass
