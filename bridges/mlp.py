@@ -89,7 +89,9 @@ class MLPBridge(PrefixBridge):
 
     def flops_per_media(self, num_frames: int = 1) -> int:
         in_dim = self.io.encoder.width * len(self.layers)
-        return projector_flops(self.config.projector, in_dim, self.io.lm.hidden_size, self.num_visual_tokens(num_frames))
+        return projector_flops(
+            self.config.projector, in_dim, self.io.lm.hidden_size, self.num_visual_tokens(num_frames)
+        )
 
     def select(self, features: Mapping[str, VisionFeatures]) -> torch.Tensor:
         """The projector input: chosen layers, CLS handled, concatenated on channels, ``(N, P', Dv * n_layers)``."""
@@ -180,17 +182,34 @@ def _encoder_features(features: Mapping[str, VisionFeatures], name: str) -> Visi
 _CLIP_L336 = EncoderInfo("clip_vit_l14_336", 1024, (24, 24), 24)
 _LLAVA = "BRIDGES.md 3.2 (LLaVA-1.5, my arithmetic from LL builder.py)"
 register_preset(
-    BridgePreset("mlp", "llava15_7b", {}, BridgeIO((_CLIP_L336,), LMInfo(4096, 32, 32, 32, 128, 32000, "llama")),
-                 expected_params=20_980_000, source=_LLAVA)
+    BridgePreset(
+        "mlp",
+        "llava15_7b",
+        {},
+        BridgeIO((_CLIP_L336,), LMInfo(4096, 32, 32, 32, 128, 32000, "llama")),
+        expected_params=20_980_000,
+        source=_LLAVA,
+    )
 )
 register_preset(
-    BridgePreset("mlp", "llava15_13b", {}, BridgeIO((_CLIP_L336,), LMInfo(5120, 40, 40, 40, 128, 32000, "llama")),
-                 expected_params=31_470_000, source=_LLAVA)
+    BridgePreset(
+        "mlp",
+        "llava15_13b",
+        {},
+        BridgeIO((_CLIP_L336,), LMInfo(5120, 40, 40, 40, 128, 32000, "llama")),
+        expected_params=31_470_000,
+        source=_LLAVA,
+    )
 )
 register_preset(
-    BridgePreset("mlp", "llava_linear_7b", {"projector": "linear"},
-                 BridgeIO((_CLIP_L336,), LMInfo(4096, 32, 32, 32, 128, 32000, "llama")),
-                 expected_params=4_200_000, source="BRIDGES.md 3.2 (LLaVA v1 / LLaMA-2 linear projector)")
+    BridgePreset(
+        "mlp",
+        "llava_linear_7b",
+        {"projector": "linear"},
+        BridgeIO((_CLIP_L336,), LMInfo(4096, 32, 32, 32, 128, 32000, "llama")),
+        expected_params=4_200_000,
+        source="BRIDGES.md 3.2 (LLaVA v1 / LLaMA-2 linear projector)",
+    )
 )
 register_preset(
     BridgePreset("mlp", "tiny", {}, BridgeIO((EncoderInfo("tiny", 32, (4, 4), 2),), LMInfo(64, 2, 4, 4, 16, 128)))

@@ -96,14 +96,27 @@ class QFormerBridge(PrefixBridge):
         if config.query_ffn_init not in ("copy", "fresh"):
             raise ValueError(f"query_ffn_init must be 'copy' or 'fresh', got '{config.query_ffn_init}'")
         self.layer = resolve_layers(config.select_layer, io.encoder.num_layers)[0]
-        self.spec = BertSpec(config.hidden_size, config.num_heads, config.intermediate_size, config.layer_norm_eps,
-                             config.dropout, config.attention_dropout)
+        self.spec = BertSpec(
+            config.hidden_size,
+            config.num_heads,
+            config.intermediate_size,
+            config.layer_norm_eps,
+            config.dropout,
+            config.attention_dropout,
+        )
         width = io.encoder.width
         self.ln_vision: nn.Module = nn.LayerNorm(width) if config.ln_vision else nn.Identity()
         self.qformer = QFormer(
-            config.num_query_tokens, self.spec, config.num_layers, width, config.cross_attention_freq,
-            text=self.has_text, vocab_size=config.vocab_size, max_positions=config.max_position_embeddings,
-            pad_token_id=config.pad_token_id, query_init_std=config.query_init_std,
+            config.num_query_tokens,
+            self.spec,
+            config.num_layers,
+            width,
+            config.cross_attention_freq,
+            text=self.has_text,
+            vocab_size=config.vocab_size,
+            max_positions=config.max_position_embeddings,
+            pad_token_id=config.pad_token_id,
+            query_init_std=config.query_init_std,
         )
         if self.has_text and config.query_ffn_init == "copy":
             self.qformer.copy_text_ffn_to_query()
@@ -153,8 +166,10 @@ class QFormerBridge(PrefixBridge):
         except KeyError:
             raise KeyError(f"No features for encoder '{self.io.encoder.name}'; got {sorted(features)}") from None
         if self.config.with_cls and feats.num_prefix < 1:
-            raise ValueError("with_cls=True needs the CLS token but the encoder returned patches only; request it "
-                             "(MultimodalLM does so from bridge.needs) or set with_cls=False.")
+            raise ValueError(
+                "with_cls=True needs the CLS token but the encoder returned patches only; request it "
+                "(MultimodalLM does so from bridge.needs) or set with_cls=False."
+            )
         x, prefix = feats.layer(self.layer), feats.num_prefix
         if not self.config.with_cls:
             x = x[:, prefix:]
@@ -172,12 +187,16 @@ class QFormerBridge(PrefixBridge):
         """
         if self.config.instruction_aware:
             if instruction is None:
-                raise ValueError("instruction_aware=True needs the instruction: pass instruction=(ids, mask) with ids "
-                                 "in the Q-Former's vocabulary, or set instruction_aware=False (BLIP-2 behaviour).")
+                raise ValueError(
+                    "instruction_aware=True needs the instruction: pass instruction=(ids, mask) with ids "
+                    "in the Q-Former's vocabulary, or set instruction_aware=False (BLIP-2 behaviour)."
+                )
             ids, mask = instruction
             if ids.shape[0] != image.shape[0] or ids.shape != mask.shape:
-                raise ValueError(f"instruction ids {tuple(ids.shape)} / mask {tuple(mask.shape)} do not match "
-                                 f"{image.shape[0]} images")
+                raise ValueError(
+                    f"instruction ids {tuple(ids.shape)} / mask {tuple(mask.shape)} do not match "
+                    f"{image.shape[0]} images"
+                )
             return self.qformer(image, ids, mask)[:, : self.config.num_query_tokens]
         return self.qformer(image)
 
@@ -234,14 +253,22 @@ class QFormerBridge(PrefixBridge):
         if getattr(ref, "hidden_act", "gelu") != "gelu":
             raise ValueError(f"Only the exact-GELU Q-Former is supported, got hidden_act={ref.hidden_act!r}")
         instruct = hasattr(qformer, "embeddings") and hasattr(qformer.embeddings, "word_embeddings")
-        fields: dict[str, Any] = dict(
-            num_query_tokens=query_tokens.shape[1], hidden_size=ref.hidden_size, num_layers=ref.num_hidden_layers,
-            num_heads=ref.num_attention_heads, intermediate_size=ref.intermediate_size,
-            cross_attention_freq=ref.cross_attention_frequency, layer_norm_eps=ref.layer_norm_eps,
-            dropout=ref.hidden_dropout_prob, attention_dropout=ref.attention_probs_dropout_prob,
-            instruction_aware=instruct, vocab_size=ref.vocab_size, max_position_embeddings=ref.max_position_embeddings,
-            pad_token_id=ref.pad_token_id if ref.pad_token_id is not None else 0, ln_vision=ln_vision is not None,
-        )
+        fields: dict[str, Any] = {
+            "num_query_tokens": query_tokens.shape[1],
+            "hidden_size": ref.hidden_size,
+            "num_layers": ref.num_hidden_layers,
+            "num_heads": ref.num_attention_heads,
+            "intermediate_size": ref.intermediate_size,
+            "cross_attention_freq": ref.cross_attention_frequency,
+            "layer_norm_eps": ref.layer_norm_eps,
+            "dropout": ref.hidden_dropout_prob,
+            "attention_dropout": ref.attention_probs_dropout_prob,
+            "instruction_aware": instruct,
+            "vocab_size": ref.vocab_size,
+            "max_position_embeddings": ref.max_position_embeddings,
+            "pad_token_id": ref.pad_token_id if ref.pad_token_id is not None else 0,
+            "ln_vision": ln_vision is not None,
+        }
         config = QFormerConfig(**{**fields, **overrides})
         if io is None:
             lm_width = language_projection.out_features if language_projection is not None else ref.hidden_size
@@ -294,25 +321,48 @@ def _reference_state(ref: Mapping[str, torch.Tensor], instruct: bool, num_layers
 
 _VIT_G = EncoderInfo("eva_vit_g", 1408, (16, 16), 39)
 _STAGE2 = "BRIDGES.md 2.6: slim stage-2 Q-Former + 32 queries with ViT-g (= HF Blip2QFormerModel + query_tokens)"
-register_preset(BridgePreset(
-    "qformer", "blip2_opt2.7b", {}, BridgeIO((_VIT_G,), LMInfo(2560, 32, 32, 32, 80, 50272, "opt")),
-    expected_params=105_160_000, source=_STAGE2, count="bridge.qformer",
-))
-register_preset(BridgePreset(
-    "qformer", "blip2_stage1", {"text_layers": True, "vocab_size": 30523},
-    BridgeIO((_VIT_G,), LMInfo(2560, 32, 32, 32, 80, 50272, "opt")),
-    expected_params=185_700_000, count="bridge.qformer",
-    source="BRIDGES.md 2.6: stage-1 Q-Former core (text embeddings, vocab 30523, and both FFN sets; the ITC/ITM/ITG "
-           "heads of bridges.qformer_pretrain add 1.02M for ~186.7M; the paper's 188M adds small extras)",
-))
-register_preset(BridgePreset(
-    "qformer", "instructblip_vicuna7b", {"instruction_aware": True, "vocab_size": 30523},
-    BridgeIO((_VIT_G,), LMInfo(4096, 32, 32, 32, 128, 32000, "llama")),
-    expected_params=188_800_000, source="BRIDGES.md 2.6: InstructBLIP Q-Former 185.7M + llm_proj 3.15M (whole bridge)",
-))
-_TINY = {"num_query_tokens": 8, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
-         "vocab_size": 100, "max_position_embeddings": 32}
+register_preset(
+    BridgePreset(
+        "qformer",
+        "blip2_opt2.7b",
+        {},
+        BridgeIO((_VIT_G,), LMInfo(2560, 32, 32, 32, 80, 50272, "opt")),
+        expected_params=105_160_000,
+        source=_STAGE2,
+        count="bridge.qformer",
+    )
+)
+register_preset(
+    BridgePreset(
+        "qformer",
+        "blip2_stage1",
+        {"text_layers": True, "vocab_size": 30523},
+        BridgeIO((_VIT_G,), LMInfo(2560, 32, 32, 32, 80, 50272, "opt")),
+        expected_params=185_700_000,
+        count="bridge.qformer",
+        source="BRIDGES.md 2.6: stage-1 Q-Former core (text embeddings, vocab 30523, and both FFN sets; the ITC/ITM/ITG "
+        "heads of bridges.qformer_pretrain add 1.02M for ~186.7M; the paper's 188M adds small extras)",
+    )
+)
+register_preset(
+    BridgePreset(
+        "qformer",
+        "instructblip_vicuna7b",
+        {"instruction_aware": True, "vocab_size": 30523},
+        BridgeIO((_VIT_G,), LMInfo(4096, 32, 32, 32, 128, 32000, "llama")),
+        expected_params=188_800_000,
+        source="BRIDGES.md 2.6: InstructBLIP Q-Former 185.7M + llm_proj 3.15M (whole bridge)",
+    )
+)
+_TINY = {
+    "num_query_tokens": 8,
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "intermediate_size": 64,
+    "vocab_size": 100,
+    "max_position_embeddings": 32,
+}
 _TINY_IO = BridgeIO((EncoderInfo("tiny", 32, (4, 4), 2),), LMInfo(64, 2, 4, 4, 16, 128))
 register_preset(BridgePreset("qformer", "tiny", _TINY, _TINY_IO))
 register_preset(BridgePreset("qformer", "tiny_instruct", {**_TINY, "instruction_aware": True}, _TINY_IO))
-

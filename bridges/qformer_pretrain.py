@@ -63,8 +63,7 @@ def itg_mask(num_queries: int, text_mask: torch.Tensor) -> torch.Tensor:
     Queries attend to all queries and no text; text token ``t`` attends to all queries and text tokens ``<= t``;
     padded text keys are hidden from everyone (LAVIS ``get_extended_attention_mask`` with ``has_query``).
     """
-    batch, length = text_mask.shape
-    size = num_queries + length
+    size = num_queries + text_mask.shape[1]
     allowed = torch.ones(size, size, dtype=torch.bool, device=text_mask.device).tril()
     allowed[:, :num_queries] = True  # every position sees every query
     allowed[:num_queries, num_queries:] = False  # queries never see text
@@ -83,13 +82,17 @@ class QFormerPretrainer(nn.Module):
     def __init__(self, bridge: QFormerBridge, config: QFormerPretrainConfig | None = None) -> None:
         super().__init__()
         if not bridge.has_text:
-            raise ValueError("Stage-1 pretraining needs the Q-Former's text layers: build the bridge with "
-                             "text_layers=True (or instruction_aware=True).")
+            raise ValueError(
+                "Stage-1 pretraining needs the Q-Former's text layers: build the bridge with "
+                "text_layers=True (or instruction_aware=True)."
+            )
         self.config = config or QFormerPretrainConfig()
         bc = bridge.config
         if not 0 <= self.config.bos_token_id < bc.vocab_size:
-            raise ValueError(f"bos_token_id {self.config.bos_token_id} is outside the Q-Former vocabulary "
-                             f"({bc.vocab_size}); set QFormerPretrainConfig.bos_token_id to the [DEC] id")
+            raise ValueError(
+                f"bos_token_id {self.config.bos_token_id} is outside the Q-Former vocabulary "
+                f"({bc.vocab_size}); set QFormerPretrainConfig.bos_token_id to the [DEC] id"
+            )
         d, e = bc.hidden_size, self.config.embed_dim
         self.bridge = bridge
         self.vision_proj = nn.Linear(d, e)
@@ -116,7 +119,7 @@ class QFormerPretrainer(nn.Module):
     def itg_logits(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Next-token logits at every text position, ``(B, L, vocab)``; ``input_ids`` already start with [DEC]."""
         out = self.bridge.qformer(image, input_ids, itg_mask(self.num_queries, attention_mask))
-        hidden = self.lm_transform(out[:, self.num_queries:])
+        hidden = self.lm_transform(out[:, self.num_queries :])
         return F.linear(hidden, self.bridge.qformer.word_embeddings.weight, self.lm_bias)  # type: ignore[union-attr]
 
     def itm_logits(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -139,7 +142,9 @@ class QFormerPretrainer(nn.Module):
         """
         batch = image.shape[0]
         if batch < 2:
-            raise ValueError("Stage-1 pretraining needs at least 2 pairs per batch (ITC and ITM use in-batch negatives)")
+            raise ValueError(
+                "Stage-1 pretraining needs at least 2 pairs per batch (ITC and ITM use in-batch negatives)"
+            )
         if input_ids.shape != attention_mask.shape or input_ids.shape[0] != batch:
             raise ValueError(f"ids {tuple(input_ids.shape)} / mask {tuple(attention_mask.shape)} vs {batch} images")
         ls = self.config.label_smoothing
@@ -150,8 +155,10 @@ class QFormerPretrainer(nn.Module):
         text_feat = self.text_features(input_ids, attention_mask)  # (B, E)
         sim_i2t = torch.einsum("iqe,je->ijq", image_feats, text_feat).amax(-1) / self.temp  # (B_img, B_txt)
         sim_t2i = sim_i2t.t()
-        itc = (F.cross_entropy(sim_i2t, targets, label_smoothing=ls)
-               + F.cross_entropy(sim_t2i, targets, label_smoothing=ls)) / 2
+        itc = (
+            F.cross_entropy(sim_i2t, targets, label_smoothing=ls)
+            + F.cross_entropy(sim_t2i, targets, label_smoothing=ls)
+        ) / 2
 
         with torch.no_grad():
             eye = torch.eye(batch, dtype=torch.bool, device=image.device)

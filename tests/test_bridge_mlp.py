@@ -42,12 +42,29 @@ def build(**overrides) -> MLPBridge:
 def tiny_llava(layer, strategy: str):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaModel
 
-    vision = CLIPVisionConfig(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
-                              image_size=16, patch_size=4)
-    text = LlamaConfig(hidden_size=LM, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
-                       num_key_value_heads=4, vocab_size=64)
-    config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=layer,
-                         vision_feature_select_strategy=strategy, image_token_id=63)
+    vision = CLIPVisionConfig(
+        hidden_size=WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        image_size=16,
+        patch_size=4,
+    )
+    text = LlamaConfig(
+        hidden_size=LM,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=64,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        vision_feature_layer=layer,
+        vision_feature_select_strategy=strategy,
+        image_token_id=63,
+    )
     model = LlavaModel(config).eval()
     with torch.no_grad():
         for p in model.multi_modal_projector.parameters():
@@ -57,8 +74,11 @@ def tiny_llava(layer, strategy: str):
 
 @pytest.mark.parametrize(
     ("hf_layer", "strategy", "ours"),
-    [(-2, "default", {}), ([-3, -1], "default", {"select_layer": [-3, -1]}),
-     ([1, -2], "full", {"select_layer": [0, -2], "select_feature": "cls_patch"})],
+    [
+        (-2, "default", {}),
+        ([-3, -1], "default", {"select_layer": [-3, -1]}),
+        ([1, -2], "full", {"select_layer": [0, -2], "select_feature": "cls_patch"}),
+    ],
 )
 def test_matches_llava_image_features(hf_layer, strategy: str, ours: dict) -> None:
     """Same tower, same projector weights: our layer selection, CLS handling, concat and projector equal HF's."""
@@ -79,8 +99,11 @@ def test_projector_module_parity() -> None:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-    config = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=WIDTH, num_attention_heads=4),
-                         text_config=LlamaConfig(hidden_size=LM, num_attention_heads=4), vision_feature_layer=[-2, -1])
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=WIDTH, num_attention_heads=4),
+        text_config=LlamaConfig(hidden_size=LM, num_attention_heads=4),
+        vision_feature_layer=[-2, -1],
+    )
     ref = LlavaMultiModalProjector(config).eval()
     bridge = MLPBridge.from_reference(ref, io=io(), select_layer=[-2, -1])
     assert dict(bridge.projector.named_parameters()).keys() == {"0.weight", "0.bias", "2.weight", "2.bias"}
@@ -92,8 +115,11 @@ def test_projector_module_parity() -> None:
 @pytest.mark.parametrize("kind", ["linear", "mlp3x_gelu"])
 def test_linear_and_deeper_projectors_match_llava_builder(kind: str) -> None:
     """``linear`` vs a bare nn.Linear; ``mlp3x_gelu`` vs LLaVA's builder layout (Linear, GELU, Linear, GELU, Linear)."""
-    ref = nn.Linear(WIDTH, LM) if kind == "linear" else nn.Sequential(
-        nn.Linear(WIDTH, LM), nn.GELU(), nn.Linear(LM, LM), nn.GELU(), nn.Linear(LM, LM))
+    ref = (
+        nn.Linear(WIDTH, LM)
+        if kind == "linear"
+        else nn.Sequential(nn.Linear(WIDTH, LM), nn.GELU(), nn.Linear(LM, LM), nn.GELU(), nn.Linear(LM, LM))
+    )
     bridge = MLPBridge.from_reference(ref, io=io())
     assert bridge.config.projector == kind
     feats = features(2, with_cls=False)
@@ -150,8 +176,13 @@ def test_register_tokens_dropped_cls_kept_and_encoder_dtype_cast() -> None:
     feats = features(2)
     cls, patches = feats.hidden[1][:, :1], feats.hidden[1][:, 1:]
     registers = torch.randn(2, 2, WIDTH)
-    with_regs = VisionFeatures(tuple(torch.cat([h[:, :1], registers, h[:, 1:]], 1) for h in feats.hidden),
-                               feats.layers, GRID, WIDTH, num_prefix=3)
+    with_regs = VisionFeatures(
+        tuple(torch.cat([h[:, :1], registers, h[:, 1:]], 1) for h in feats.hidden),
+        feats.layers,
+        GRID,
+        WIDTH,
+        num_prefix=3,
+    )
     bridge = build(select_feature="cls_patch")
     torch.testing.assert_close(bridge({"enc": with_regs}), bridge.projector(torch.cat([cls, patches], 1)))
     plain = build()
@@ -179,8 +210,14 @@ def test_samples_independent_and_permutation_equivariant() -> None:
     torch.testing.assert_close(bridge({"enc": permuted}), out[perm])
 
 
-@pytest.mark.parametrize(("overrides", "frames"), [({}, 1), ({"projector": "linear", "select_layer": [0, 1]}, 2),
-                                                   ({"projector": "mlp3x_gelu", "select_feature": "cls_patch"}, 1)])
+@pytest.mark.parametrize(
+    ("overrides", "frames"),
+    [
+        ({}, 1),
+        ({"projector": "linear", "select_layer": [0, 1]}, 2),
+        ({"projector": "mlp3x_gelu", "select_feature": "cls_patch"}, 1),
+    ],
+)
 def test_flops_match_counter(overrides: dict, frames: int) -> None:
     bridge = build(**overrides)
     feats = features(frames)

@@ -22,8 +22,17 @@ from encoders.base import VisionFeatures
 
 REPO = Path(__file__).resolve().parents[1]
 DV, GRID, LM, VOCAB = 48, (4, 4), 40, 100
-TINY = dict(num_query_tokens=6, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64, vocab_size=VOCAB,
-            max_position_embeddings=16, dropout=0.0, attention_dropout=0.0)
+TINY = {
+    "num_query_tokens": 6,
+    "hidden_size": 32,
+    "num_layers": 3,
+    "num_heads": 4,
+    "intermediate_size": 64,
+    "vocab_size": VOCAB,
+    "max_position_embeddings": 16,
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+}
 
 
 def io() -> BridgeIO:
@@ -52,8 +61,16 @@ def instruction(n: int, length: int = 5, seed: int = 1) -> tuple[torch.Tensor, t
 
 
 def hf_config(cls, freq: int):
-    config = cls(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                 encoder_hidden_size=DV, cross_attention_frequency=freq, vocab_size=VOCAB, max_position_embeddings=16)
+    config = cls(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        encoder_hidden_size=DV,
+        cross_attention_frequency=freq,
+        vocab_size=VOCAB,
+        max_position_embeddings=16,
+    )
     config._attn_implementation = "eager"  # a different attention path from ours
     return config
 
@@ -101,8 +118,12 @@ def test_matches_instructblip_qformer(freq: int) -> None:
         image = feats.hidden[-1]
         full_mask = torch.cat([torch.ones(n, 6, dtype=torch.long), mask], dim=1)
         with torch.no_grad():
-            hf = ref(input_ids=ids, attention_mask=full_mask, query_embeds=query_tokens.expand(n, -1, -1),
-                     encoder_hidden_states=image).last_hidden_state
+            hf = ref(
+                input_ids=ids,
+                attention_mask=full_mask,
+                query_embeds=query_tokens.expand(n, -1, -1),
+                encoder_hidden_states=image,
+            ).last_hidden_state
             ours = bridge.qformer(image, ids, mask)
         torch.testing.assert_close(ours[:, :6], hf[:, :6], atol=1e-5, rtol=0)
         valid = full_mask.bool()  # padded instruction rows are never used downstream
@@ -170,8 +191,9 @@ def test_video_concatenates_per_frame_outputs(instruct: bool) -> None:
     ins = instruction(2) if instruct else None
     with torch.no_grad():
         video = bridge({"enc": feats}, num_frames=3, instruction=ins)
-        per_frame = bridge({"enc": feats}, instruction=None if ins is None else
-                           tuple(t.repeat_interleave(3, dim=0) for t in ins))
+        per_frame = bridge(
+            {"enc": feats}, instruction=None if ins is None else tuple(t.repeat_interleave(3, dim=0) for t in ins)
+        )
     assert video.shape == (2, bridge.num_visual_tokens(3), LM) == (2, 18, LM)
     torch.testing.assert_close(video, per_frame.reshape(2, 18, LM))
 
@@ -204,8 +226,13 @@ def test_register_tokens_dropped_dtype_cast_and_zero_media() -> None:
     bridge = build(ln_vision=False)
     feats = features(2)
     h = feats.hidden[1]
-    regs = VisionFeatures(tuple(torch.cat([x[:, :1], torch.randn(2, 2, DV), x[:, 1:]], 1) for x in feats.hidden),
-                          feats.layers, GRID, DV, num_prefix=3)
+    regs = VisionFeatures(
+        tuple(torch.cat([x[:, :1], torch.randn(2, 2, DV), x[:, 1:]], 1) for x in feats.hidden),
+        feats.layers,
+        GRID,
+        DV,
+        num_prefix=3,
+    )
     torch.testing.assert_close(bridge.image_embeds({"enc": regs}), h)
     half = VisionFeatures(tuple(x.bfloat16() for x in feats.hidden), feats.layers, GRID, DV, 1)
     assert bridge({"enc": half}).dtype == torch.float32
@@ -227,9 +254,10 @@ def test_cross_attention_every_freq_layers_and_query_init() -> None:
     assert not torch.equal(fresh.ffn_query.fc1.weight, fresh.ffn_text.fc1.weight)
 
 
-@pytest.mark.parametrize(("overrides", "frames", "length"),
-                         [({}, 1, 0), ({"cross_attention_freq": 1, "with_cls": False}, 2, 0),
-                          ({"instruction_aware": True}, 1, 5)])
+@pytest.mark.parametrize(
+    ("overrides", "frames", "length"),
+    [({}, 1, 0), ({"cross_attention_freq": 1, "with_cls": False}, 2, 0), ({"instruction_aware": True}, 1, 5)],
+)
 def test_flops_match_counter(overrides: dict, frames: int, length: int) -> None:
     bridge = build(**overrides)
     feats = features(frames, with_cls=bridge.config.with_cls)
@@ -316,7 +344,7 @@ def test_attention_rules_hold_in_the_forward_passes() -> None:
     with torch.no_grad():
         a, b = qf(image, ids, itg_mask(q, mask)), qf(image, later, itg_mask(q, mask))
         torch.testing.assert_close(a[:, : q + 3], b[:, : q + 3])  # ITG: queries and earlier text blind to token 3
-        assert not torch.allclose(a[:, q + 3:], b[:, q + 3:])
+        assert not torch.allclose(a[:, q + 3 :], b[:, q + 3 :])
         a, b = qf(image, ids, itm_mask(q, mask)), qf(image, later, itm_mask(q, mask))
         assert not torch.allclose(a[:, :q], b[:, :q])  # ITM: queries do see the text
         # ITC is uni-modal: its two separate forwards equal one joint forward under a block-diagonal mask

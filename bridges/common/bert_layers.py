@@ -197,8 +197,10 @@ class QFormer(nn.Module):
                 raise ValueError("This Q-Former has no text embeddings; build it with text=True to feed text tokens")
             length = input_ids.shape[1]
             if length > self.position_embeddings.num_embeddings:
-                raise ValueError(f"Text of {length} tokens exceeds max_position_embeddings="
-                                 f"{self.position_embeddings.num_embeddings}; truncate it")
+                raise ValueError(
+                    f"Text of {length} tokens exceeds max_position_embeddings="
+                    f"{self.position_embeddings.num_embeddings}; truncate it"
+                )
             positions = torch.arange(length, device=input_ids.device)
             parts.append(self.embed_norm(self.word_embeddings(input_ids) + self.position_embeddings(positions)))
         return self.embed_dropout(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
