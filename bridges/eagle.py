@@ -75,8 +75,8 @@ def to_grid(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]
     if tokens.shape[1] != grid[0] * grid[1]:
         raise ValueError(f"{tokens.shape[1]} tokens do not fill the {grid} grid; pass patch tokens only (no CLS)")
     x = rearrange(tokens, "n (h w) c -> n c h w", h=grid[0], w=grid[1])
-    if unshuffle > 1:
-        x = F.pixel_unshuffle(x, unshuffle)
+    if unshuffle > 1:  # = F.pixel_unshuffle, which returns an empty batch unchanged (wrong channel count)
+        x = rearrange(x, "n c (h i) (w j) -> n (c i j) h w", i=unshuffle, j=unshuffle)
     if tuple(x.shape[-2:]) != tuple(target):
         x = F.interpolate(x.float(), size=target, mode="bilinear", align_corners=True).to(tokens.dtype)
     return rearrange(x, "n c h w -> n (h w) c")
@@ -166,9 +166,12 @@ class EagleBridge(PrefixBridge):
         counts = {features[e.name].num_images for e in experts}
         if len(counts) != 1:
             raise ValueError(f"Experts returned different image counts {sorted(counts)}; all must see the same images")
+        dtype = next(self.parameters()).dtype  # encoders may run in another precision than the bridge
         # A loop over the small, fixed expert list: grids and widths differ per expert, so there is nothing to batch.
-        return [to_grid(features[e.name].patches(), features[e.name].grid, self.grid, self.unshuffle[e.name])
-                for e in experts]
+        return [
+            to_grid(features[e.name].patches(), features[e.name].grid, self.grid, self.unshuffle[e.name]).to(dtype)
+            for e in experts
+        ]
 
     def forward(
         self,

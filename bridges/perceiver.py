@@ -118,9 +118,12 @@ class PerceiverBridge(PrefixBridge):
         if name not in features:
             raise KeyError(f"No features for encoder '{name}'; got {sorted(features)}. Check the encoder names.")
         feats = features[name]
-        tokens = feats.last if self.config.with_cls else feats.patches()
-        if self.config.with_cls and feats.num_prefix < 1:
-            raise ValueError("with_cls=True needs the CLS token; the encoder returned patches only (request with_cls).")
+        tokens = feats.patches()  # register tokens, if any, are dropped; CLS (index 0) only when asked for
+        if self.config.with_cls:
+            if feats.num_prefix < 1:
+                raise ValueError("with_cls=True needs the CLS token; the encoder returned patches only (request it).")
+            tokens = torch.cat((feats.last[:, :1], tokens), dim=1)
+        tokens = tokens.to(self.resampler.latents.dtype)  # encoders may run in another precision than the bridge
         if tokens.shape[0] % num_frames:
             raise ValueError(f"{tokens.shape[0]} images is not a multiple of num_frames={num_frames}")
         x = rearrange(tokens, "(n f) p d -> n 1 f p d", f=num_frames)

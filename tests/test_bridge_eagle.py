@@ -194,3 +194,19 @@ def test_tiny_preset_builds_and_runs() -> None:
     preset = get_preset("eagle", "tiny")
     bridge = BRIDGES.build({"name": "eagle", **preset.overrides}, preset.io)
     assert bridge(_features(2, preset.io.encoders)).shape == (2, 16, 64)
+
+
+@pytest.mark.parametrize("variant", ["released", "sequence_append"])
+def test_zero_media_dtype_cast_and_registers(variant: str) -> None:
+    bridge = _bridge(variant=variant)
+    tokens = bridge.num_visual_tokens(2)
+    assert bridge(_features(0), num_frames=2).shape == (0, tokens, 24)
+    features = _features(2)
+    with torch.no_grad():
+        out = bridge(features)
+        half = {k: VisionFeatures((f.hidden[0].bfloat16(),), f.layers, f.grid, f.width) for k, f in features.items()}
+        assert bridge(half).dtype == torch.float32
+        # prefix tokens (CLS, registers) are not part of the grid
+        a = features["a"].hidden[0]
+        with_prefix = dict(features, a=VisionFeatures((torch.cat((torch.randn(2, 3, 12), a), 1),), (1,), (4, 4), 12, 3))
+        torch.testing.assert_close(bridge(with_prefix), out, atol=0, rtol=0)

@@ -274,3 +274,17 @@ def test_from_reference_openflamingo_layout_roundtrip() -> None:
     assert bridge.config.ff_mult == 2 and bridge.config.max_num_frames == 3 and bridge.config.dim_head == 8
     for k, v in src.state_dict().items():
         torch.testing.assert_close(bridge.resampler.state_dict()[k], v, atol=0, rtol=0)
+
+
+def test_bridge_registers_dropped_dtype_cast_and_zero_media() -> None:
+    bridge = _tiny(with_cls=True)
+    feats = _features(2, cls=True)
+    tokens = feats["tiny"].hidden[0]
+    registers = torch.randn(2, 2, 32)
+    with_regs = torch.cat((tokens[:, :1], registers, tokens[:, 1:]), dim=1)
+    regs = {"tiny": VisionFeatures((with_regs,), (1,), (4, 4), 32, num_prefix=3)}
+    with torch.no_grad():
+        torch.testing.assert_close(bridge(regs), bridge(feats), atol=1e-6, rtol=1e-6)
+        half = {"tiny": VisionFeatures((tokens.bfloat16(),), (1,), (4, 4), 32, num_prefix=1)}
+        assert bridge(half).dtype == torch.float32
+        assert _tiny()(_features(0), num_frames=2).shape == (0, 8, 64)

@@ -174,7 +174,7 @@ class PerceiverResampler(nn.Module):
         for attn, ff in self.layers:
             latents = attn(x, latents) + latents
             latents = ff(latents) + latents
-        return rearrange(self.norm(latents), "(b m) r d -> b m r d", b=b)
+        return rearrange(self.norm(latents), "(b m) r d -> b m r d", b=b, m=m)
 
     def flops(self, num_tokens: int) -> int:
         """Forward FLOPs (2 x multiply-adds) for one media item with ``num_tokens = F * P`` context tokens.
