@@ -116,7 +116,11 @@ class Backbone(VisionEncoder):
         self._check_pixels(pixels)
         absolute = resolve_layers(layers, self.num_layers)
         wanted = sorted(set(absolute))
-        outputs = dict(zip(wanted, self._intermediates(pixels.to(self._dtype()), wanted, with_cls), strict=True))
+        if pixels.shape[0] == 0:  # a batch without media: some attention kernels cannot reshape 0 elements
+            computed = self._empty_outputs(pixels, wanted, with_cls)
+        else:
+            computed = self._intermediates(pixels.to(self._dtype()), wanted, with_cls)
+        outputs = dict(zip(wanted, computed, strict=True))
         last = absolute[-1]
         return VisionFeatures(
             hidden=tuple(outputs[i][0] for i in absolute),
@@ -178,20 +182,32 @@ class Backbone(VisionEncoder):
         if len(self.mean) != len(self.std):
             raise ConfigError(f"mean has {len(self.mean)} entries but std has {len(self.std)}")
 
+    def _empty_outputs(self, pixels: torch.Tensor, indices: list[int], with_cls: bool) -> list[LayerOutput]:
+        prefix = self.num_prefix_tokens if with_cls else 0
+        size = (pixels.shape[-2], pixels.shape[-1])
+        out = []
+        for i in indices:
+            grid = self.grid_for(i, size)
+            shape = (0, prefix + grid[0] * grid[1], self.layer_widths[i])
+            out.append((pixels.new_zeros(shape, dtype=self._dtype()), grid))
+        return out
+
     def _dtype(self) -> torch.dtype | None:
         param = next(self.model.parameters(), None)
         return None if param is None else param.dtype
 
     def _check_pixels(self, pixels: torch.Tensor) -> None:
         if pixels.dim() != 4:
-            hint = " Flatten frames into the batch: rearrange(x, 'n f c h w -> (n f) c h w')." if pixels.dim() == 5 else ""
+            hint = ""
+            if pixels.dim() == 5:
+                hint = " Flatten frames into the batch: rearrange(x, 'n f c h w -> (n f) c h w')."
             raise ValueError(f"{self.registry_name}: expected pixels (N, C, H, W); got {tuple(pixels.shape)}.{hint}")
         if pixels.shape[1] != len(self.mean):
             raise ValueError(f"{self.registry_name}: expected {len(self.mean)} channels; got {pixels.shape[1]}")
         if self.fixed_size and tuple(pixels.shape[-2:]) != tuple(self.image_size):
-            size = tuple(self.image_size)
+            (height, width), got = self.image_size, f"{pixels.shape[-2]}x{pixels.shape[-1]}"
             raise ValueError(
-                f"{self.registry_name}: built for {size[0]}x{size[1]} inputs; got {pixels.shape[-2]}x{pixels.shape[-1]}. "
+                f"{self.registry_name}: built for {height}x{width} inputs; got {got}. "
                 f"Resize with encoder.transform(), or build it with image_size: {pixels.shape[-1]} "
                 f"(position embeddings are interpolated)."
             )

@@ -26,7 +26,6 @@ from encoders.backbone import Backbone, LayerOutput
 from encoders.builder import ENCODERS
 from encoders.config import EncoderConfig, local_path, pretrained_error
 from encoders.pos_embed import resize_position_table
-from encoders.registry import ConfigError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

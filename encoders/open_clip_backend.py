@@ -124,6 +124,11 @@ class OpenCLIPEncoder(Backbone):
             self.image_size = tuple(trunk.patch_embed.img_size)
             self.patch_grid = tuple(trunk.patch_embed.grid_size)
             self.num_prefix_tokens = int(trunk.num_prefix_tokens)
+            if config.image_size and self.image_size != (config.image_size,) * 2:
+                raise ConfigError(
+                    f"open_clip builds the timm trunk of '{config.architecture}' at {self.image_size}; to run it at "
+                    f"{config.image_size} px use the timm_vit backend (it interpolates the position embedding)."
+                )
         elif isinstance(visual, TimmModel) and getattr(visual.trunk, "feature_info", None):
             self._kind = "timm_convnet"
             info = list(visual.trunk.feature_info)
@@ -144,7 +149,11 @@ class OpenCLIPEncoder(Backbone):
         if self._kind == "timm_convnet":
             return convnet_intermediates(self.model.trunk, pixels, indices)
         out = self.model.forward_intermediates(
-            pixels, indices=indices, stop_early=True, intermediates_only=True, output_fmt="NLC",
+            pixels,
+            indices=indices,
+            stop_early=True,
+            intermediates_only=True,
+            output_fmt="NLC",
             output_extra_tokens=with_cls,
         )
         grid = tuple(self.patch_grid)

@@ -130,7 +130,9 @@ def load_timm_state(model: nn.Module, source: Path, strict: bool) -> None:
         )
 
 
-def create_timm(config: TimmViTConfig | TimmConvNetConfig, external: str | None, kwargs: dict[str, Any]) -> nn.Module:
+def create_timm(
+    config: TimmViTConfig | TimmConvNetConfig, external: str | None, kwargs: dict[str, Any], who: str
+) -> nn.Module:
     """``timm.create_model`` with the config's weights: none, a local state dict, or a timm tag / hub id."""
     kwargs = {"num_classes": 0, **config.model_kwargs, **kwargs}
     if config.meta_device:
@@ -149,7 +151,7 @@ def create_timm(config: TimmViTConfig | TimmConvNetConfig, external: str | None,
     try:
         return timm.create_model(name, pretrained=True, pretrained_strict=config.strict_load, **kwargs)
     except Exception as err:  # network/cache errors come in many types
-        raise pretrained_error("timm", external, err) from err
+        raise pretrained_error(who, external, err) from err
 
 
 def timm_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -168,7 +170,7 @@ class TimmViT(Backbone):
         if "img_size" in config.model_kwargs:
             raise ConfigError("Set the input size with image_size, not model_kwargs.img_size.")
         kwargs = {"img_size": config.image_size} if config.image_size else {}
-        self.model = create_timm(config, external, kwargs)
+        self.model = create_timm(config, external, kwargs, self.registry_name)
         check_timm_model(self.model, "vit", config.architecture)
         patch = tuple(self.model.patch_embed.patch_size)
         if patch[0] != patch[1]:
@@ -199,7 +201,7 @@ class TimmConvNet(Backbone):
     fixed_size = False
 
     def _build(self, config: TimmConvNetConfig, external: str | None) -> None:
-        self.model = create_timm(config, external, {})
+        self.model = create_timm(config, external, {}, self.registry_name)
         check_timm_model(self.model, "convnet", config.architecture)
         info = list(self.model.feature_info)
         self.num_layers = len(info)

@@ -72,6 +72,17 @@ def test_only_blocks_up_to_the_deepest_request_run(tiny, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
+def test_a_batch_without_images_gives_empty_features(tiny, name: str) -> None:
+    encoder = tiny[name]
+    x = pixels_for(encoder)
+    full = encoder(x, [0, -1], with_cls=True)
+    empty = encoder(x[:0], [0, -1], with_cls=True)
+    assert empty.grid == full.grid and empty.num_prefix == full.num_prefix
+    assert [t.shape[1:] for t in empty.hidden] == [t.shape[1:] for t in full.hidden]
+    assert all(t.shape[0] == 0 for t in empty.hidden)
+
+
+@pytest.mark.parametrize("name", TINY)
 def test_negative_and_list_indices(tiny, name: str) -> None:
     encoder = tiny[name]
     x = pixels_for(encoder)
