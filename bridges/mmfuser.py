@@ -234,7 +234,8 @@ class MMFuserBridge(PrefixBridge):
         n_images = feats.num_images
         if n_images % num_frames != 0:
             raise ValueError(f"mmfuser got {n_images} images, not a multiple of num_frames={num_frames}.")
-        tokens = [feats.layer(idx)[:, feats.num_prefix :] for idx in self.layers]  # each (N, h*w, C)
+        dtype = self.fuser.gamma1.dtype  # encoders may run in another precision than the bridge
+        tokens = [feats.layer(idx)[:, feats.num_prefix :].to(dtype) for idx in self.layers]  # each (N, h*w, C)
         h, w = feats.grid
         if tokens[0].shape[1] != h * w:
             raise ValueError(f"mmfuser needs the full patch grid {h}x{w}, got {tokens[0].shape[1]} tokens.")

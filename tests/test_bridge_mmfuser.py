@@ -75,6 +75,17 @@ def test_samples_are_independent_and_media_permute(attention: str) -> None:
         torch.testing.assert_close(permuted, out[perm], atol=1e-5, rtol=0)
 
 
+def test_zero_media_and_half_precision_features() -> None:
+    bridge = _bridge()
+    with torch.no_grad():
+        assert bridge(_features(bridge, 0)).shape == (0, bridge.num_visual_tokens(), LM)
+        feats = _features(bridge, 2, num_prefix=1)
+        half = {
+            "vit": VisionFeatures(tuple(h.bfloat16() for h in feats["vit"].hidden), feats["vit"].layers, GRID, WIDTH, 1)
+        }
+        assert bridge(half).dtype == torch.float32  # features are cast to the bridge's precision
+
+
 def test_frames_are_treated_as_images() -> None:
     bridge = _bridge()
     _randomise_gammas(bridge)
