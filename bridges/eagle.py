@@ -237,14 +237,19 @@ _X4 = ("clip-448", "convnext-1024", "det-1024", "pix2struct-1024")
 for _name, _experts, _params in (("eagle_x5_7b", _X5, 48_240_000), ("eagle_x4_7b", _X4, 44_050_000)):
     register_preset(
         BridgePreset(
-            "eagle", _name, {"pixel_unshuffle": {"sam-1024": 2}} if "sam-1024" in _experts else {},
+            "eagle",
+            _name,
+            {"pixel_unshuffle": {"sam-1024": 2}} if "sam-1024" in _experts else {},
             BridgeIO(tuple(_EXPERTS[e] for e in _experts), _VICUNA_7B),
-            expected_params=_params, source="BRIDGES.md 4.3 / 7.1 (Eagle projector, mlp2x_gelu over ΣC, Vicuna-7B)",
+            expected_params=_params,
+            source="BRIDGES.md 4.3 / 7.1 (Eagle projector, mlp2x_gelu over ΣC, Vicuna-7B)",
         )
     )
 register_preset(
     BridgePreset(
-        "eagle", "tiny", {"pixel_unshuffle": {"tiny_b": 2}},
+        "eagle",
+        "tiny",
+        {"pixel_unshuffle": {"tiny_b": 2}},
         BridgeIO(
             (EncoderInfo("tiny", 32, (4, 4), 2), EncoderInfo("tiny_b", 8, (8, 8), 2)), LMInfo(64, 2, 4, 4, 16, 128)
         ),

@@ -161,8 +161,11 @@ class PerceiverBridge(PrefixBridge):
         else:
             raise TypeError(f"Cannot import a Perceiver resampler from {type(resampler).__name__}")
         latents = resampler.latents
-        fields.update(depth=len(getattr(resampler, "blocks", getattr(resampler, "layers", []))),
-                      num_latents=latents.shape[0], **overrides)
+        fields.update(
+            depth=len(getattr(resampler, "blocks", getattr(resampler, "layers", []))),
+            num_latents=latents.shape[0],
+            **overrides,
+        )
         width = latents.shape[1]
         if io is None:
             io = BridgeIO((EncoderInfo("vision", width, (16, 16), 24),), LMInfo(width))
@@ -180,9 +183,12 @@ class PerceiverBridge(PrefixBridge):
 _VIT_L14 = EncoderInfo("openclip_vit_l14", 1024, (16, 16), 24)
 register_preset(
     BridgePreset(
-        "perceiver", "openflamingo", {},
+        "perceiver",
+        "openflamingo",
+        {},
         BridgeIO((_VIT_L14,), LMInfo(2048, 24, 16, 16, 128, 50280, "mpt")),
-        expected_params=63_000_000, count="bridge.resampler",
+        expected_params=63_000_000,
+        count="bridge.resampler",
         source="BRIDGES.md 1.7 / 7.1 (OpenFlamingo perceiver at Dv 1024, arithmetic from OF helpers.py)",
     )
 )
@@ -190,15 +196,19 @@ register_preset(
 # arithmetic against 194M reported [recall], so no expected count is asserted.
 register_preset(
     BridgePreset(
-        "perceiver", "flamingo_paper",
+        "perceiver",
+        "flamingo_paper",
         {"heads": 16, "dim_head": 128, "activation": "squared_relu", "max_num_frames": 8},
         BridgeIO((EncoderInfo("nfnet_f6", 1536, (12, 12), 1),), LMInfo(2048, 24, 16, 16, 128)),
-        count="bridge.resampler", source="BRIDGES.md 1.7 (Flamingo-3B)",
+        count="bridge.resampler",
+        source="BRIDGES.md 1.7 (Flamingo-3B)",
     )
 )
 register_preset(
     BridgePreset(
-        "perceiver", "tiny", {"depth": 1, "heads": 2, "dim_head": 16, "num_latents": 8, "max_num_frames": 4},
+        "perceiver",
+        "tiny",
+        {"depth": 1, "heads": 2, "dim_head": 16, "num_latents": 8, "max_num_frames": 4},
         BridgeIO((EncoderInfo("tiny", 32, (4, 4), 2),), LMInfo(64, 2, 4, 4, 16, 128)),
     )
 )

@@ -169,7 +169,12 @@ def test_pre_alignment_gradients_reach_only_the_active_projector() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"variant": "sequence_append"}, {"variant": "pre_alignment", "pre_align_expert": "a"}, {"projector": "linear"}],
+    [
+        {},
+        {"variant": "sequence_append"},
+        {"variant": "pre_alignment", "pre_align_expert": "a"},
+        {"projector": "linear"},
+    ],
 )
 def test_flops_match_counter(overrides: dict) -> None:
     bridge = _bridge(**overrides)
@@ -210,3 +215,37 @@ def test_zero_media_dtype_cast_and_registers(variant: str) -> None:
         a = features["a"].hidden[0]
         with_prefix = dict(features, a=VisionFeatures((torch.cat((torch.randn(2, 3, 12), a), 1),), (1,), (4, 4), 12, 3))
         torch.testing.assert_close(bridge(with_prefix), out, atol=0, rtol=0)
+
+
+# ---- learning through MultimodalLM ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"variant": "sequence_append"},
+        {"variant": "pre_alignment", "pre_align_expert": "conv"},
+        {"pixel_unshuffle": {"conv": 2}, "projector": "linear"},
+    ],
+)
+def test_learns_through_multimodal_lm(overrides: dict) -> None:
+    from test_llm_fakes import TinyConvEncoder, make_batch
+
+    from encoders.encoder_set import EncoderSet
+    from llm_adapters.multimodal_lm import build_multimodal_lm
+
+    # a 2x2-grid expert and a 4x4-grid one: resized (or unshuffled) to the first expert's grid
+    encoders = EncoderSet({"vit": TinyConvEncoder(32), "conv": TinyConvEncoder(16, patch=4)})
+    model = build_multimodal_lm(encoders, {"name": "eagle", **overrides}, "tiny_llama")
+    assert model.bridge.num_visual_tokens() == (8 if overrides.get("variant") == "sequence_append" else 4)
+    batch = make_batch(model.lm, ["a <image> red square", "<image> two <image> blue circles"], frames=2)
+    optimizer = torch.optim.Adam(model.bridge.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = model(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses

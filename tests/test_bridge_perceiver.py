@@ -7,7 +7,12 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+import bridges  # registers the built-in bridges
+from bridges.base import BRIDGES, BridgeIO, EncoderInfo, LMInfo
 from bridges.common.resampler import PerceiverResampler
+from bridges.perceiver import PerceiverBridge, PerceiverBridgeConfig
+from bridges.presets import get_preset
+from encoders.base import VisionFeatures
 
 
 def _randomize(module: torch.nn.Module) -> None:
@@ -21,9 +26,7 @@ def _idefics(dim: int, depth: int, heads: int, dim_head: int, latents: int, qk_n
     from transformers import IdeficsConfig
     from transformers.models.idefics.perceiver import IdeficsPerceiverResampler
 
-    config = IdeficsConfig(
-        vision_config={"embed_dim": dim}, perceiver_config={"qk_layer_norms_perceiver": qk_norm}
-    )
+    config = IdeficsConfig(vision_config={"embed_dim": dim}, perceiver_config={"qk_layer_norms_perceiver": qk_norm})
     return IdeficsPerceiverResampler(config, dim, depth, heads, dim_head, latents).eval()
 
 
@@ -151,12 +154,6 @@ def test_openflamingo_paper_width_params() -> None:
 
 # ---- the perceiver prefix bridge ---------------------------------------------------------------------------------
 
-import bridges  # noqa: E402  (registers the built-in bridges)
-from bridges.base import BRIDGES, BridgeIO, EncoderInfo, LMInfo  # noqa: E402
-from bridges.perceiver import PerceiverBridge, PerceiverBridgeConfig  # noqa: E402
-from bridges.presets import get_preset  # noqa: E402
-from encoders.base import VisionFeatures  # noqa: E402
-
 
 def _tiny(**overrides) -> PerceiverBridge:
     preset = get_preset("perceiver", "tiny")
@@ -252,7 +249,9 @@ def test_paper_preset_params() -> None:
     with torch.device("meta"):
         paper = get_preset("perceiver", "flamingo_paper")
         big = BRIDGES.build({"name": "perceiver", **paper.overrides}, paper.io)
-    assert abs(sum(p.numel() for p in big.param_groups()["bridge.resampler"]) - 188.9e6) <= 0.01 * 188.9e6  # BRIDGES 1.7
+    assert (
+        abs(sum(p.numel() for p in big.param_groups()["bridge.resampler"]) - 188.9e6) <= 0.01 * 188.9e6
+    )  # BRIDGES 1.7
 
 
 def test_from_reference_idefics() -> None:
@@ -288,3 +287,26 @@ def test_bridge_registers_dropped_dtype_cast_and_zero_media() -> None:
         half = {"tiny": VisionFeatures((tokens.bfloat16(),), (1,), (4, 4), 32, num_prefix=1)}
         assert bridge(half).dtype == torch.float32
         assert _tiny()(_features(0), num_frames=2).shape == (0, 8, 64)
+
+
+# ---- learning through MultimodalLM ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_learns_through_multimodal_lm(frames: int) -> None:
+    from test_llm_fakes import fake_encoders, make_batch
+
+    from llm_adapters.multimodal_lm import build_multimodal_lm
+
+    spec = {"name": "perceiver", "depth": 1, "heads": 2, "dim_head": 16, "num_latents": 4, "max_num_frames": 2}
+    model = build_multimodal_lm(fake_encoders(), spec, "tiny_llama")
+    batch = make_batch(model.lm, ["a <image> red square", "<image> two <image> blue circles"], frames=frames)
+    optimizer = torch.optim.Adam(model.bridge.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = model(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
