@@ -9,6 +9,7 @@ bridge modules (``injection.py``), and saves to a directory that ``LMConfig(pret
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from bridges.base import ContextSlot, Injection, LMInfo
 from encoders.registry import ConfigError, Registry
@@ -27,6 +28,7 @@ from llm_adapters.templates import ChatTemplate, get_template
 from llm_adapters.tokenizer import build_tiny_tokenizer
 
 IMAGE_TOKEN = "<image>"
+SAVED_META = "bridgelab_lm.json"  # chat template and added tokens, beside the HF files of a saved LM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -92,12 +94,15 @@ class LMAdapter(nn.Module):
         self.family = self.model.config.model_type
         self._family = get_family(self.family)
         self.supports_attention_extension = self._family.supports_attention_extension
+        saved = _saved_meta(config.pretrained)
         template = config.chat_template
         if template == "auto":
-            template = self._family.default_template(self.family) if config.pretrained else "plain"
+            default = self._family.default_template(self.family) if config.pretrained else "plain"
+            template = saved.get("chat_template", default)
         self.template: ChatTemplate = get_template(template)
         self.special_token_ids: dict[str, int] = {}
         self._new_token_ids: list[int] = []
+        self._saved_new_tokens = set(saved.get("new_tokens", ()))
         self._injector = Injector(self.model, self._family)
         if config.freeze:
             self.model.requires_grad_(False)
@@ -139,7 +144,9 @@ class LMAdapter(nn.Module):
     def add_special_tokens(self, tokens: Sequence[str]) -> dict[str, int]:
         """Add ``tokens`` as special tokens, resize the embeddings, and (``train_new_tokens``) decouple their rows.
 
-        Tokens the tokenizer already knows keep their id and are not decoupled. Idempotent. Returns token -> id.
+        Tokens the tokenizer already knows keep their id and are not decoupled, unless this LM was saved by
+        :meth:`save_pretrained` after adding them (then they are decoupled again, as before saving). Idempotent.
+        Returns token -> id.
         """
         fresh = [t for t in dict.fromkeys(tokens) if t not in self.special_token_ids]
         if not fresh:
@@ -150,7 +157,7 @@ class LMAdapter(nn.Module):
             known = set(self.tokenizer.get_vocab())
             self.tokenizer.add_special_tokens({"extra_special_tokens": fresh}, replace_extra_special_tokens=False)
             ids = {t: self.tokenizer.convert_tokens_to_ids(t) for t in fresh}
-            added = [ids[t] for t in fresh if t not in known]
+            added = [ids[t] for t in fresh if t not in known or t in self._saved_new_tokens]
             new_vocab = max(old_vocab, len(self.tokenizer))
         else:
             ids = {t: old_vocab + i for i, t in enumerate(fresh)}
@@ -242,18 +249,38 @@ class LMAdapter(nn.Module):
         return self.model(**kwargs)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Save weights, config and tokenizer (added tokens merged into the plain embedding) to ``directory``."""
+        """Save weights, config and tokenizer (added tokens merged into the plain embedding) to ``directory``.
+
+        ``LMConfig(pretrained=directory)`` loads it back with the same logits, token ids, chat template and
+        decoupled new-token rows (listed in ``bridgelab_lm.json``).
+        """
         if self._injector.attached:
             raise RuntimeError("Detach the injections before save_pretrained (they belong to the bridge)")
         with self.plain_token_rows():
             self.model.save_pretrained(directory)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
+        new = [t for t, i in self.special_token_ids.items() if i in self._new_token_ids]
+        meta = {"chat_template": self.template.name, "new_tokens": new}
+        (Path(directory) / SAVED_META).write_text(json.dumps(meta, indent=2))
+
+
+def _saved_meta(pretrained: str | None) -> dict[str, Any]:
+    path = Path(pretrained).expanduser() / SAVED_META if pretrained else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def _load_tokenizer(config: LMConfig) -> Any:
     source = config.tokenizer or config.pretrained
     if source is not None:
+        saved = Path(source).expanduser() / "tokenizer_config.json"
+        if saved.is_file() and json.loads(saved.read_text()).get("tokenizer_class") in GENERIC_TOKENIZERS:
+            # AutoTokenizer would pick the model type's own class (e.g. Qwen2Tokenizer, which adds its own
+            # special tokens) for a generic tokenizer saved beside a qwen2 config; load it as it was saved.
+            return PreTrainedTokenizerFast.from_pretrained(source)
         return AutoTokenizer.from_pretrained(source)
     if config.meta_device and config.model_type is not None and "vocab_size" in config.config:
         return None  # paper-scale sizing without tokenizer files
