@@ -133,14 +133,13 @@ class Backbone(VisionEncoder):
     def grid_for(self, layer: int = -1, image_size: tuple[int, int] | None = None) -> tuple[int, int]:
         """The grid of ``layer`` for inputs of ``image_size`` (default: the built size).
 
-        Exact when the size is a multiple of the layer's stride; otherwise ConvNets round up (padded convs).
+        Exact when the size is a multiple of the layer's stride (ResNet-style padded stems round up otherwise;
+        ``forward`` always reports the true grid).
         """
         (index,) = resolve_layers(layer, self.num_layers)
         height, width = image_size or self.image_size
         stride = self.layer_reductions[index]
-        if self.fixed_size:
-            return height // stride, width // stride
-        return -(-height // stride), -(-width // stride)
+        return height // stride, width // stride
 
     def transform(self) -> ImageTransform:
         """Resize to ``image_size`` and normalise; takes float images in ``[0, 1]``, ``(..., C, H, W)``."""

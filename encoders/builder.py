@@ -16,9 +16,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from encoders.base import VisionEncoder
-from encoders.config import SAVED_CONFIG, is_saved_dir
+from encoders.config import RUNTIME_FIELDS, SAVED_CONFIG, is_saved_dir
 from encoders.presets import resolve_preset
-from encoders.registry import Registry
+from encoders.registry import ConfigError, Registry
 
 ENCODERS: Registry[VisionEncoder] = Registry("encoder", base=VisionEncoder)
 
@@ -56,5 +56,11 @@ def load_encoder(directory: str | Path, **overrides: Any) -> VisionEncoder:
     """Rebuild an encoder written by ``save_pretrained``; ``overrides`` may set e.g. ``frozen`` or ``meta_device``."""
     if not is_saved_dir(directory):
         raise FileNotFoundError(f"'{directory}' is not an encoder directory: {SAVED_CONFIG} is missing.")
+    fixed = set(overrides) - set(RUNTIME_FIELDS) - {"pretrained"}
+    if fixed:
+        raise ConfigError(
+            f"load_encoder can only override {', '.join(f for f in RUNTIME_FIELDS if f != 'pretrained')}; "
+            f"{sorted(fixed)} are fixed by the saved weights. Build a new encoder from the saved config instead."
+        )
     name = json.loads((Path(directory).expanduser() / SAVED_CONFIG).read_text())["name"]
     return build_encoder({"name": name, "pretrained": str(directory), **overrides})

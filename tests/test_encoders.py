@@ -58,6 +58,18 @@ def test_shapes_grid_and_request_order(tiny, name: str) -> None:
     assert torch.equal(feats.layer(0), feats.hidden[1])
 
 
+@pytest.mark.parametrize("name", ["tiny_clip", "tiny_siglip"])
+def test_hf_layers_match_hf_hidden_states(name: str) -> None:
+    """Layer i is HF hidden_states[i + 1], so -2 is LLaVA's hidden_states[-2] (CLS first, as HF returns it)."""
+    encoder = build_encoder({"preset": name, "architecture": {"num_hidden_layers": 3}})
+    x = pixels_for(encoder)
+    reference = encoder.model(pixel_values=x, output_hidden_states=True).hidden_states
+    feats = encoder(x, [-2, 0, -1], with_cls=True)
+    assert feats.layers == (1, 0, 2)
+    for got, layer in zip(feats.hidden, feats.layers):
+        torch.testing.assert_close(got, reference[layer + 1], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_only_blocks_up_to_the_deepest_request_run(tiny, name: str) -> None:
     encoder = tiny[name]
@@ -152,13 +164,18 @@ def test_freezing_config_errors() -> None:
 
 
 @pytest.mark.parametrize("name", TINY_VITS)
-def test_new_resolution_grows_the_grid(name: str) -> None:
-    encoder = build_encoder({"preset": name, "image_size": 48})
-    feats = encoder(torch.randn(2, 3, 48, 48), [-1, 0])
+def test_new_resolution_grows_the_grid_and_survives_save_load(tmp_path, name: str) -> None:
+    encoder = build_encoder({"preset": name, "image_size": 48}).eval()
+    x = torch.randn(2, 3, 48, 48)
+    feats = encoder(x, [-1, 0])
     assert encoder.image_size == (48, 48) and encoder.patch_grid == (6, 6) and feats.grid == (6, 6)
     assert feats.last.shape == (2, 36, encoder.width)
     with pytest.raises(ValueError, match="image_size"):
         encoder(torch.randn(2, 3, 32, 32))
+    encoder.save_pretrained(tmp_path)
+    assert torch.equal(load_encoder(tmp_path).eval()(x, [-1, 0]).last, feats.last)
+    with pytest.raises(ConfigError, match="fixed by the saved weights"):
+        load_encoder(tmp_path, image_size=64)
 
 
 def test_convnet_takes_any_size_and_reports_its_grid(tiny) -> None:
