@@ -258,16 +258,27 @@ def convert_reference_state_dict(
     return out
 
 
+_PAPER_IO = BridgeIO(encoders=(EncoderInfo("clip_vit_l14_336", 1024, (24, 24), 24),), lm=LMInfo(hidden_size=4096))
 register_preset(
     BridgePreset(
         bridge="mmfuser",
         name="mmfuser_7b",
         overrides={"layers": [-22, -17, -12, -7, -2]},
-        io=BridgeIO(encoders=(EncoderInfo("clip_vit_l14_336", 1024, (24, 24), 24),), lm=LMInfo(hidden_size=4096)),
+        io=_PAPER_IO,
         expected_params=5_190_000,
-        source="BRIDGES.md 7.1 / 5.4: MMFuser fuser (MSCrossAttnBlock) 5.19M, excluding the 20.98M mlp2x_gelu",
+        source="BRIDGES.md 7.1 / 5.4: MMFuser fuser (MSCrossAttnBlock) 5.19M, without the mlp2x_gelu projector",
         count="bridge.fuser",
-        extra={"projector_params": 20_980_000, "total_params": 26_170_000},
+    )
+)
+register_preset(
+    BridgePreset(
+        bridge="mmfuser",
+        name="mmfuser_7b_total",
+        overrides={"layers": [-22, -17, -12, -7, -2]},
+        io=_PAPER_IO,
+        expected_params=26_170_000,
+        source="BRIDGES.md 7.1: 5.19M fuser + 20.98M LLaVA-1.5 7B mlp2x_gelu (the whole trained mm_projector)",
+        count="bridge",
     )
 )
 register_preset(

@@ -162,14 +162,16 @@ def test_layer_spread_and_needs() -> None:
 
 
 def test_paper_preset_sizes() -> None:
-    preset = get_preset("mmfuser", "mmfuser_7b")
-    with torch.device("meta"):
-        bridge = BRIDGES.build({"name": "mmfuser", **preset.overrides}, preset.io)
-    assert bridge.layers == (2, 7, 12, 17, 22) and bridge.num_visual_tokens() == 576
-    groups = {name: sum(p.numel() for p in params) for name, params in bridge.param_groups().items()}
-    assert sum(groups.values()) == sum(p.numel() for p in bridge.parameters())
-    assert abs(groups[preset.count] - preset.expected_params) <= 0.01 * preset.expected_params
-    assert abs(groups["bridge.projector"] - preset.extra["projector_params"]) <= 0.01 * preset.extra["projector_params"]
+    for name in ("mmfuser_7b", "mmfuser_7b_total"):
+        preset = get_preset("mmfuser", name)
+        with torch.device("meta"):
+            bridge = BRIDGES.build({"name": "mmfuser", **preset.overrides}, preset.io)
+        assert bridge.layers == (2, 7, 12, 17, 22) and bridge.num_visual_tokens() == 576
+        groups = {name: sum(p.numel() for p in params) for name, params in bridge.param_groups().items()}
+        assert sum(groups.values()) == sum(p.numel() for p in bridge.parameters())
+        built = sum(groups.values()) if preset.count == "bridge" else groups[preset.count]
+        assert abs(built - preset.expected_params) <= 0.01 * preset.expected_params, (name, built)
+    assert abs(groups["bridge.projector"] - 20_980_000) <= 0.01 * 20_980_000  # LLaVA-1.5 7B mlp2x_gelu
     tiny = get_preset("mmfuser", "tiny")
     assert BRIDGES.build({"name": "mmfuser", **tiny.overrides}, tiny.io).num_visual_tokens() == 16
 
