@@ -219,3 +219,70 @@ def test_a_few_steps_lower_the_loss_with_the_lm_frozen() -> None:
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.05, losses
     assert all(abs(v) > 0 for v in bridge.gate_values().values())  # the gates opened
+
+
+# ---- through MultimodalLM ---------------------------------------------------------------------------------------------
+
+
+def _model(**overrides):
+    from encoders import build_encoder_set
+    from llm_adapters import build_multimodal_lm
+
+    torch.manual_seed(0)
+    return build_multimodal_lm({"preset": "tiny_clip"}, {"name": "flamingo", **SMALL, **overrides}, "tiny_llama").eval()
+
+
+def _batch(model, texts: list[str], media_to_sample: list[int], frames: int = 1, labels: bool = False):
+    from llm_adapters import MultimodalBatch
+
+    tok = model.lm.tokenizer(texts, return_tensors="pt", padding=True)
+    ids, mask = tok["input_ids"], tok["attention_mask"]
+    pixels = torch.rand(len(media_to_sample), frames, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    target = torch.where((mask == 1) & (ids != model.image_token_id), ids, -100) if labels else None
+    return MultimodalBatch(ids, mask, pixels, torch.tensor(media_to_sample), labels=target)
+
+
+INTERLEAVED = (["<image> a red square <|endofchunk|> <image> a blue", "two <image> green circles"], [0, 0, 1])
+
+
+def test_multimodal_lm_at_init_equals_the_bare_lm() -> None:
+    model = _model()
+    assert model.lm.token_id("<|endofchunk|>") != model.image_token_id
+    batch = _batch(model, *INTERLEAVED)
+    got = model(batch).logits
+    model.lm.detach()
+    with torch.no_grad():
+        bare = model.lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    real = batch.attention_mask.bool()
+    assert torch.equal(got[real], bare[real])
+
+
+@pytest.mark.parametrize("frames, texts, media", [(1, *INTERLEAVED), (3, ["a clip <image> shows", "<image> then"], [0, 1])])
+def test_generate_with_cache_equals_recompute(frames: int, texts: list[str], media: list[int]) -> None:
+    model = _model(max_num_frames=4)
+    _open_gates(model.bridge)
+    batch = _batch(model, texts, media, frames)
+    cached = model.generate(batch, max_new_tokens=5, do_sample=False)
+    recomputed = model.generate(batch, max_new_tokens=5, do_sample=False, use_cache=False)
+    assert cached.shape == (2, 5) and torch.equal(cached, recomputed)
+    # the images matter: other pixels give other continuations (or at least other logits)
+    other = _batch(model, texts, media, frames)
+    other.pixel_values = torch.rand_like(other.pixel_values)
+    assert not torch.equal(model(batch).logits, model(other).logits)
+
+
+def test_learns_through_multimodal_lm_with_the_lm_frozen() -> None:
+    model = _model().train()
+    groups = model.param_groups()
+    assert {"bridge.perceiver", "bridge.xattn", "bridge.gates"} <= set(groups)
+    assert not any(p.requires_grad for p in groups["lm"]) and not any(p.requires_grad for p in groups["encoder"])
+    batch = _batch(model, *INTERLEAVED, labels=True)
+    opt = torch.optim.AdamW(model.bridge.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        loss = model(batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses

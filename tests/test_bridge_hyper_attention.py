@@ -289,3 +289,81 @@ def test_encode_and_a_few_steps_lower_the_loss_with_the_lm_frozen() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.05, losses
+
+
+# ---- through MultimodalLM ---------------------------------------------------------------------------------------------
+
+
+def _model(lm: str = "tiny_qwen2", **overrides):
+    from llm_adapters import build_multimodal_lm
+
+    torch.manual_seed(0)
+    return build_multimodal_lm({"preset": "tiny_clip"}, {"name": "hyper_attention", **overrides}, lm).eval()
+
+
+def _batch(model, texts: list[str], media_to_sample: list[int], frames: int = 1, labels: bool = False):
+    from llm_adapters import MultimodalBatch
+
+    tok = model.lm.tokenizer(texts, return_tensors="pt", padding=True)
+    ids, mask = tok["input_ids"], tok["attention_mask"]
+    pixels = torch.rand(len(media_to_sample), frames, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    target = torch.where((mask == 1) & (ids != model.image_token_id), ids, -100) if labels else None
+    return MultimodalBatch(ids, mask, pixels, torch.tensor(media_to_sample), labels=target)
+
+
+INTERLEAVED = (["a red square <image> and a blue <image> circle", "two <image> green"], [0, 0, 1])
+VIDEO_FRAMES = (["frames <image><image><image><image> move", "one <image> still"], [0, 0, 0, 0, 1])
+
+
+def test_multimodal_lm_text_before_images_equals_the_bare_lm() -> None:
+    model = _model()
+    assert model.bridge.layer_indices == [0, 1]
+    batch = _batch(model, ["words before any image then <image> and after", "text only, no media"], [0])
+    got = model(batch).logits
+    model.lm.detach()
+    with torch.no_grad():
+        bare = model.lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    first = int((batch.input_ids[0] == model.image_token_id).nonzero()[0])
+    assert torch.equal(got[0, : first + 1], bare[0, : first + 1])
+    real = batch.attention_mask[1].bool()
+    assert torch.equal(got[1, real], bare[1, real])
+    assert not torch.allclose(got[0, first + 1 :], bare[0, first + 1 :])
+
+
+@pytest.mark.parametrize("lm", ["tiny_qwen2", "tiny_llama"])
+@pytest.mark.parametrize("prompt", [INTERLEAVED, VIDEO_FRAMES], ids=["interleaved", "video_frames"])
+def test_generate_with_cache_equals_recompute(lm: str, prompt: tuple) -> None:
+    model = _model(lm)
+    batch = _batch(model, *prompt)
+    calls = []
+    model.bridge.hyper["0"].v_kv_proj.register_forward_hook(lambda *a: calls.append(1))
+    cached = model.generate(batch, max_new_tokens=5, do_sample=False)
+    assert len(calls) == 1  # the visual K/V of the prompt are computed once for the whole generation
+    recomputed = model.generate(batch, max_new_tokens=5, do_sample=False, use_cache=False)
+    assert cached.shape == (2, 5) and torch.equal(cached, recomputed)
+
+
+@pytest.mark.parametrize("fusion", ["joint", "adaptive"])
+def test_generate_video_as_one_media_item(fusion: str) -> None:
+    model = _model(fusion=fusion)
+    batch = _batch(model, ["a clip <image> shows", "<image> then"], [0, 1], frames=3)
+    assert model.bridge.encode(model.encode_media(batch), num_frames=3).shape == (2, 3 * 16, 64)
+    cached = model.generate(batch, max_new_tokens=4, do_sample=False)
+    assert torch.equal(cached, model.generate(batch, max_new_tokens=4, do_sample=False, use_cache=False))
+
+
+def test_learns_through_multimodal_lm_with_the_lm_frozen() -> None:
+    model = _model().train()
+    groups = model.param_groups()
+    assert {"bridge.projector", "bridge.hatb"} <= set(groups) and not groups["bridge"]
+    assert not any(p.requires_grad for p in groups["lm"])
+    batch = _batch(model, *INTERLEAVED, labels=True)
+    opt = torch.optim.AdamW(model.bridge.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        loss = model(batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
