@@ -223,15 +223,16 @@ class GatedXAttnDenseBlock(nn.Module):
         if self.slot is None:
             raise RuntimeError("This block was built without a ContextSlot; call gated(y, kv, mask) instead.")
         ctx = self.slot.get()
+        y = hidden_states.to(self.attn.to_q.weight.dtype)  # e.g. a bf16 LM with a float32 bridge
         media, mask = media_and_mask(ctx, hidden_states.shape[0], self.media_attention)
         if media is None:
-            return self.gated(hidden_states, None, None)
+            return self.gated(y, None, None).to(hidden_states.dtype)
         key = f"flamingo.kv.{self.layer}"
         cached = ctx.extras.get(key)
         if cached is None or cached[0] is not media:  # once per prompt during cached generation
-            cached = (media, self.attn.kv(media))
+            cached = (media, self.attn.kv(media.to(y.dtype)))
             ctx.extras[key] = cached
-        return self.gated(hidden_states, cached[1], mask)
+        return self.gated(y, cached[1], mask).to(hidden_states.dtype)
 
     def load_idefics_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load an ``IdeficsGatedCrossAttentionLayer`` state dict (build with ``norm='rmsnorm'``, ``ff_activation=
@@ -326,7 +327,7 @@ class FlamingoBridge(InjectBridge):
         if name not in features:
             raise KeyError(f"No features for encoder '{name}'; got {sorted(features)}.")
         feats = features[name]
-        x = feats.layer(self.encoder_layer)[:, feats.num_prefix :]
+        x = feats.layer(self.encoder_layer)[:, feats.num_prefix :].to(self.perceiver.latents.dtype)
         if x.shape[0] % num_frames:
             raise ValueError(f"{x.shape[0]} images is not a multiple of num_frames={num_frames}")
         x = x.reshape(x.shape[0] // num_frames, 1, num_frames, *x.shape[1:])

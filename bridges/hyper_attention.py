@@ -190,6 +190,7 @@ class HyperAttentionLayer(nn.Module):
         if past is not None:
             k, v = past.update(k, v, attn.layer_idx)
         k_img, v_img, mask_img, has_image = self._padded_visual(ctx, b)
+        k_img, v_img = k_img.to(q.dtype), v_img.to(q.dtype)  # e.g. a bf16 LM with a float32 bridge
         dropout = getattr(attn, "attention_dropout", 0.0) if self.training else 0.0
         if self.config.fusion == "joint":
             mask = torch.cat((mask_img, _text_mask(mask_txt, ctx.query_positions, k.shape[2])), dim=-1)
@@ -208,11 +209,11 @@ class HyperAttentionLayer(nn.Module):
     def _gate_value(self, c_txt: torch.Tensor) -> torch.Tensor:
         """``g`` broadcastable to ``(B, L, H, Dh)``."""
         if self.config.fusion == "static":
-            return self.gate.value().view(self.heads, self.head_dim)
-        g = self.gate_proj(c_txt)
+            return self.gate.value().view(self.heads, self.head_dim).to(c_txt.dtype)
+        g = self.gate_proj(c_txt.to(self.gate_proj[0].weight.dtype))
         if self.config.fusion == "adaptive_zero":
             g = g * self.gate_scale.value()[:, None]
-        return g
+        return g.to(c_txt.dtype)
 
 
 def _attention_interface(attn: nn.Module) -> Any:
@@ -298,7 +299,7 @@ class HyperAttentionBridge(InjectBridge):
         if name not in features:
             raise KeyError(f"No features for encoder '{name}'; got {sorted(features)}.")
         feats = features[name]
-        x = feats.layer(self.encoder_layer)[:, feats.num_prefix :]
+        x = feats.layer(self.encoder_layer)[:, feats.num_prefix :].to(self.projector[0].weight.dtype)
         if x.shape[0] % num_frames:
             raise ValueError(f"{x.shape[0]} images is not a multiple of num_frames={num_frames}")
         return rearrange(self.projector(x), "(n f) p d -> n (f p) d", f=num_frames)

@@ -239,7 +239,7 @@ def _batch(model, texts: list[str], media_to_sample: list[int], frames: int = 1,
     ids, mask = tok["input_ids"], tok["attention_mask"]
     pixels = torch.rand(len(media_to_sample), frames, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     target = torch.where((mask == 1) & (ids != model.image_token_id), ids, -100) if labels else None
-    return MultimodalBatch(ids, mask, pixels, torch.tensor(media_to_sample), labels=target)
+    return MultimodalBatch(ids, mask, pixels, torch.tensor(media_to_sample, dtype=torch.long), labels=target)
 
 
 INTERLEAVED = (["<image> a red square <|endofchunk|> <image> a blue", "two <image> green circles"], [0, 0, 1])
@@ -286,3 +286,20 @@ def test_learns_through_multimodal_lm_with_the_lm_frozen() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_bf16_lm_with_float32_bridge_and_text_only_batches() -> None:
+    from llm_adapters import build_multimodal_lm
+
+    model = build_multimodal_lm({"preset": "tiny_clip"}, {"name": "flamingo", **SMALL},
+                                {"name": "tiny_llama", "dtype": "bfloat16"}).eval()
+    _open_gates(model.bridge)
+    batch = _batch(model, *INTERLEAVED)
+    assert model(batch).logits.dtype == torch.bfloat16 and model.generate(batch, max_new_tokens=2).shape == (2, 2)
+    text = _batch(model, ["no image here", "none"], [])
+    got = model(text).logits
+    model.lm.detach()
+    with torch.no_grad():
+        bare = model.lm.model(input_ids=text.input_ids, attention_mask=text.attention_mask).logits
+    real = text.attention_mask.bool()
+    assert torch.isfinite(got).all() and not torch.equal(got[real], bare[real])  # open gates: the FFW still acts
