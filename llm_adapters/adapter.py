@@ -53,7 +53,7 @@ class LMConfig:
             the LM is frozen (Flamingo/IDEFICS); ``False`` plainly resizes the embeddings.
         chat_template: ``auto`` (the family's own for a pretrained checkpoint, ``plain`` otherwise) or a name in
             ``templates.TEMPLATES``.
-        attn_implementation: ``sdpa`` or ``eager``.
+        attn_implementation: ``auto`` (SDPA where the model supports it, else eager), ``sdpa`` or ``eager``.
     """
 
     pretrained: str | None = None
@@ -66,7 +66,7 @@ class LMConfig:
     freeze: bool = True
     train_new_tokens: bool = True
     chat_template: str = "auto"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"
 
 
 class LMAdapter(nn.Module):
@@ -208,9 +208,7 @@ class LMAdapter(nn.Module):
         """The decoupled new-token rows (embedding and, if untied, output head); empty when none."""
         params: list[nn.Parameter] = []
         for module in (self.model.get_input_embeddings(), self.model.get_output_embeddings()):
-            if isinstance(module, (TokenRowsEmbedding, TokenRowsHead)) and not any(
-                module.rows is p for p in params
-            ):
+            if isinstance(module, (TokenRowsEmbedding, TokenRowsHead)) and not any(module.rows is p for p in params):
                 params.append(module.rows)
         return params
 
@@ -297,17 +295,16 @@ def _token_ids(tokenizer: Any) -> dict[str, int]:
 
 def _load_model(config: LMConfig, tokenizer: Any) -> PreTrainedModel:
     dtype = DTYPES[config.dtype]
+    attn = None if config.attn_implementation == "auto" else config.attn_implementation
     device = torch.device("meta") if config.meta_device else contextlib.nullcontext()
     if config.pretrained is not None:
         if config.meta_device:
             hf_config = AutoConfig.from_pretrained(config.pretrained, **config.config)
             with device:
-                model = AutoModelForCausalLM.from_config(
-                    hf_config, dtype=dtype, attn_implementation=config.attn_implementation
-                )
+                model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attn)
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                config.pretrained, dtype=dtype, attn_implementation=config.attn_implementation, **config.config
+                config.pretrained, dtype=dtype, attn_implementation=attn, **config.config
             )
     else:
         if config.model_type is None:
@@ -325,9 +322,7 @@ def _load_model(config: LMConfig, tokenizer: Any) -> PreTrainedModel:
                 f"llm.config.vocab_size={hf_config.vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)"
             )
         with device:
-            model = AutoModelForCausalLM.from_config(
-                hf_config, dtype=dtype, attn_implementation=config.attn_implementation
-            )
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attn)
     get_family(model.config.model_type)
     generation = model.generation_config
     for key, value in _token_ids(tokenizer).items():

@@ -66,7 +66,9 @@ class MultimodalCollator:
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"'{image_token}' is not a token of this tokenizer; add it with LMAdapter.add_special_tokens")
+            raise ValueError(
+                f"'{image_token}' is not a token of this tokenizer; add it with LMAdapter.add_special_tokens"
+            )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("The tokenizer has neither a pad nor an EOS token to pad with")
@@ -98,7 +100,9 @@ class MultimodalCollator:
         if answer is None:  # a plain document
             return ([(text, True), (eos, True)] if self.train else [(text, False)]), None
         if self.train:
-            return self.template.render([{"role": "user", "content": text}, {"role": "assistant", "content": answer}], eos), None
+            return self.template.render(
+                [{"role": "user", "content": text}, {"role": "assistant", "content": answer}], eos
+            ), None
         return self.template.render([{"role": "user", "content": text}], eos, add_generation_prompt=True), answer
 
     def _tokenize(self, samples: Sequence[Mapping[str, Any]]) -> tuple[list[list[int]], list[list[int]], list[Any]]:
@@ -199,5 +203,7 @@ def _stack(media: list[torch.Tensor], transform: Transform | None) -> torch.Tens
         stacked = torch.stack(media)
         return transform(stacked) if transform is not None else stacked
     if transform is None:
-        raise ValueError(f"Images of different sizes {sorted({tuple(m.shape) for m in media})} need a resizing transform")
+        raise ValueError(
+            f"Images of different sizes {sorted({tuple(m.shape) for m in media})} need a resizing transform"
+        )
     return torch.stack([transform(m) for m in media])

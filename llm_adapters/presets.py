@@ -29,6 +29,48 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny_qwen2": {"model_type": "qwen2", "config": TINY_LLAMA_STYLE},
     "tiny_mistral": {"model_type": "mistral", "config": {**TINY_LLAMA_STYLE, "sliding_window": None}},
     "tiny_gpt2": {"model_type": "gpt2", "config": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 512}},
+    "tiny_opt": {
+        "model_type": "opt",
+        "config": {
+            "hidden_size": 64,
+            "ffn_dim": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "word_embed_proj_dim": 64,
+            "max_position_embeddings": 512,
+        },
+    },
+    "tiny_mpt": {
+        "model_type": "mpt",
+        "config": {"d_model": 64, "n_heads": 4, "n_layers": 2, "expansion_ratio": 2, "max_seq_len": 512},
+    },
+    # OPT-2.7B: BLIP-2's decoder-only LM (BRIDGES.md 2.6).
+    "opt_2_7b": {
+        "model_type": "opt",
+        "config": {
+            "hidden_size": 2560,
+            "ffn_dim": 10240,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "word_embed_proj_dim": 2560,
+            "vocab_size": 50272,
+            "max_position_embeddings": 2048,
+        },
+        "meta_device": True,
+    },
+    # MPT-1B (RedPajama-200B): OpenFlamingo-3B's LM, D 2048, 24 layers (BRIDGES.md 1.7).
+    "mpt_1b": {
+        "model_type": "mpt",
+        "config": {
+            "d_model": 2048,
+            "n_heads": 16,
+            "n_layers": 24,
+            "expansion_ratio": 4,
+            "max_seq_len": 2048,
+            "vocab_size": 50432,
+        },
+        "meta_device": True,
+    },
     # Vicuna-7B v1.5 (Llama-2-7B architecture): LLaVA-1.5, InstructBLIP (BRIDGES.md 2.6, 3.2).
     "vicuna_7b": {
         "model_type": "llama",

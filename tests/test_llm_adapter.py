@@ -14,7 +14,7 @@ from llm_adapters.families import get_family
 from llm_adapters.new_tokens import TokenRowsEmbedding, TokenRowsHead
 from llm_adapters.presets import PRESETS
 
-FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_mistral", "tiny_gpt2"]
+FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_mistral", "tiny_gpt2", "tiny_opt", "tiny_mpt"]
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "llm"
 
 
@@ -28,9 +28,16 @@ def test_family_facts(preset: str) -> None:
     assert all(not p.requires_grad for p in lm.parameters())
     tok = lm.tokenizer
     assert tok.bos_token_id < info.vocab_size and tok.eos_token_id < info.vocab_size
-    if preset == "tiny_gpt2":
-        assert info.num_kv_heads == 4 and lm.rotary_embedding() is None
-        assert lm.input_norm(1) is lm.model.transformer.h[1].ln_1
+    if preset in ("tiny_gpt2", "tiny_mpt"):  # fused q/k/v, no RoPE
+        assert info.num_kv_heads == 4 and lm.rotary_embedding() is None and not lm.supports_attention_extension
+        with pytest.raises(NotImplementedError, match="fused"):
+            lm.qkvo(0)
+        layer = lm.model.transformer.h[1] if preset == "tiny_gpt2" else lm.model.transformer.blocks[1]
+        assert lm.input_norm(1) is (layer.ln_1 if preset == "tiny_gpt2" else layer.norm_1)
+    elif preset == "tiny_opt":  # separate projections but learned absolute positions
+        assert not lm.supports_attention_extension and lm.rotary_embedding() is None
+        assert lm.qkvo(0)[3] is lm.model.model.decoder.layers[0].self_attn.out_proj
+        assert lm.input_norm(0) is lm.model.model.decoder.layers[0].self_attn_layer_norm
     else:
         assert info.num_kv_heads == 2 and lm.supports_attention_extension
         q, k, v, o = lm.qkvo(1)
@@ -108,6 +115,11 @@ def test_paper_presets_on_meta_have_published_sizes() -> None:
     vicuna = build_lm("vicuna_7b")
     assert next(vicuna.parameters()).is_meta and vicuna.tokenizer is None
     assert abs(sum(p.numel() for p in vicuna.parameters()) - 6.74e9) / 6.74e9 < 0.01
+    opt = build_lm("opt_2_7b")  # BLIP-2's OPT-2.7B: 2.65B parameters
+    assert abs(sum(p.numel() for p in opt.parameters()) - 2.65e9) / 2.65e9 < 0.01
+    mpt = build_lm("mpt_1b")  # OpenFlamingo-3B's MPT-1B: D 2048, 24 layers, about 1.3B
+    assert (mpt.info.hidden_size, mpt.info.num_layers) == (2048, 24)
+    assert abs(sum(p.numel() for p in mpt.parameters()) - 1.31e9) / 1.31e9 < 0.01
     assert vicuna.add_special_tokens(["<image>"]) == {"<image>": 32000}
     assert vicuna.template.name == "vicuna"
 
@@ -119,19 +131,25 @@ def test_unknown_key_wrong_type_unknown_name() -> None:
         build_lm({"name": "tiny_llama", "meta_device": "sometimes"})
     with pytest.raises(RegistryError, match=r"Unknown llm 'tiny_lama'.*Did you mean 'tiny_llama'.*tiny_gpt2"):
         build_lm("tiny_lama")
-    with pytest.raises(ValueError, match=r"model_type 'falcon' is not supported.*gpt2, llama, mistral, qwen2"):
+    with pytest.raises(
+        ValueError, match=r"model_type 'falcon' is not supported.*gpt2, llama, mistral, mpt, opt, qwen2"
+    ):
         build_lm({"name": "hf", "model_type": "falcon"})
     with pytest.raises(ConfigError, match="set 'pretrained'"):
         build_lm("hf")
     with pytest.raises(ConfigError, match="dtype"):
         build_lm({"name": "tiny_llama", "dtype": "float8"})
     with pytest.raises(ValueError, match="Supported model types"):
-        get_family("opt")
+        get_family("falcon")
 
 
 def test_config_dataclass_instance_builds() -> None:
-    lm = build_lm(LMConfig(model_type="llama", config={"hidden_size": 32, "num_hidden_layers": 1,
-                                                        "num_attention_heads": 2, "intermediate_size": 64}))
+    lm = build_lm(
+        LMConfig(
+            model_type="llama",
+            config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+        )
+    )
     assert lm.info.hidden_size == 32 and lm.info.num_layers == 1
 
 
@@ -139,5 +157,5 @@ def test_config_dataclass_instance_builds() -> None:
 def test_hydra_yaml_selects_the_preset(name: str) -> None:
     spec = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{name}.yaml"))
     assert spec["name"] == name
-    entry, config = LLMS.make_config(spec)
+    _entry, config = LLMS.make_config(spec)
     assert config == LLMS.make_config(name)[1]

@@ -102,13 +102,17 @@ def test_instruction_ids_per_sample(model) -> None:
     [
         (
             "vicuna",
-            "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-            "detailed, and polite answers to the user's questions. USER: <image> hi ASSISTANT:| yes</s>",
+            (
+                "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+                "detailed, and polite answers to the user's questions. USER: <image> hi ASSISTANT:| yes</s>"
+            ),
         ),
         (
             "chatml",
-            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image> hi<|im_end|>\n"
-            "<|im_start|>assistant\n|yes<|im_end|>\n",
+            (
+                "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image> hi<|im_end|>\n"
+                "<|im_start|>assistant\n|yes<|im_end|>\n"
+            ),
         ),
         ("llama2", "[INST] <<SYS>>\nbe brief\n<</SYS>>\n\n<image> hi [/INST]|yes </s>"),
         ("none", "<image> hi|yes</s>"),

@@ -13,7 +13,7 @@ from llm_adapters.injection import InjectedAttention, InjectedDecoderLayer
 from llm_adapters.multimodal_lm import build_multimodal_lm
 from llm_adapters.splice import positions_from_mask
 
-FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_mistral", "tiny_gpt2"]
+FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_mistral", "tiny_gpt2", "tiny_opt", "tiny_mpt"]
 LLAMA_STYLE = FAMILIES[:3]
 
 
@@ -135,6 +135,4 @@ def test_inject_param_groups_dedupe_shared_modules() -> None:
 
 def test_bridge_io_from_encoders() -> None:
     model = gated("tiny_qwen2", gate=0.0)
-    assert model.bridge.io == BridgeIO(
-        encoders=(EncoderInfo("vit", 32, (2, 2), 2),), lm=build_lm("tiny_qwen2").info
-    )
+    assert model.bridge.io == BridgeIO(encoders=(EncoderInfo("vit", 32, (2, 2), 2),), lm=build_lm("tiny_qwen2").info)

@@ -10,7 +10,7 @@ from test_llm_fakes import fake_encoders, make_batch
 from llm_adapters.batch import MultimodalBatch
 from llm_adapters.multimodal_lm import MultimodalLM, build_multimodal_lm
 
-FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_mistral", "tiny_gpt2"]
+FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_mistral", "tiny_gpt2", "tiny_opt", "tiny_mpt"]
 TEXTS = ["the cat <image> sat on the mat", "a red square", "<image> one <image> two <image> three"]
 
 

@@ -8,7 +8,7 @@ import torch
 from llm_adapters import build_lm
 from llm_adapters.splice import positions_from_mask, splice_visual_tokens
 
-FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_mistral", "tiny_gpt2"]
+FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_mistral", "tiny_gpt2", "tiny_opt", "tiny_mpt"]
 T = 3
 
 

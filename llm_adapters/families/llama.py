@@ -7,7 +7,7 @@ by ``model.model.rotary_emb`` and passed to every attention as ``position_embedd
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -20,7 +20,7 @@ class LlamaStyleFamily(Family):
     model_types = ("llama", "qwen2", "mistral")
     attention_attr = "self_attn"
     supports_attention_extension = True
-    default_templates = {"llama": "vicuna", "qwen2": "chatml", "mistral": "mistral"}
+    default_templates: ClassVar[dict[str, str]] = {"llama": "vicuna", "qwen2": "chatml", "mistral": "mistral"}
 
     def layers_container(self, model: nn.Module) -> nn.ModuleList:
         return model.model.layers
