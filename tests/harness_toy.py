@@ -121,3 +121,15 @@ def toy_config(**overrides: Any) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[last] = value
     return cfg
+
+
+def _use_toy_collators_until_llm_adapters_has_one() -> None:
+    import llm_adapters
+
+    if not hasattr(llm_adapters, "MultimodalCollator"):
+        from experiments.harness import build
+
+        build.collators = toy_collators
+
+
+_use_toy_collators_until_llm_adapters_has_one()

@@ -23,7 +23,7 @@ class JsonlLogger(Logger):
 
     The file is rewritten atomically (at most once a second, and at every checkpoint and at the end). Records that
     a resumed stage will produce again (steps after the checkpoint it resumes from, and any later stage) are
-    dropped when the logger is created.
+    dropped when the logger is created (a record of step s comes from the batch that optimiser step s consumes).
     """
 
     def __init__(self, run_dir: RunDir, stage: str, step_offset: int = 0, resume_step: int = 0,
@@ -35,7 +35,7 @@ class JsonlLogger(Logger):
         self._records = [
             r
             for r in read_jsonl(run_dir.metrics_file)
-            if r.get("stage") not in later_stages and not (r.get("stage") == stage and r.get("step", 0) > resume_step)
+            if r.get("stage") not in later_stages and not (r.get("stage") == stage and r.get("step", 0) >= resume_step)
         ]
         self._dirty = True
         self._last_flush = 0.0
@@ -82,7 +82,7 @@ def save_checkpoint_atomic(trainer: L.Trainer, path: Path) -> None:
     """``trainer.save_checkpoint`` to a temporary name, then ``os.replace`` (rank 0), then a barrier."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(str(tmp))
+    trainer.save_checkpoint(str(tmp), weights_only=False)
     if trainer.is_global_zero:
         os.replace(tmp, path)
     trainer.strategy.barrier("bridgelab_checkpoint")

@@ -108,6 +108,7 @@ class BridgeLitModule(L.LightningModule):
         self.max_new_tokens = max_new_tokens
         # Checkpoints hold trainable weights only; the frozen rest is rebuilt from the config.
         self.strict_loading = False
+        self._pending_rng: Mapping[str, Any] | None = None
 
     # training ------------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -166,5 +167,15 @@ class BridgeLitModule(L.LightningModule):
                 f"Checkpoint of stage '{extra.get('stage')}' lacks {len(missing)} trainable tensors "
                 f"(e.g. {sorted(missing)[0]}); it was written by a different model config."
             )
-        if "rng" in extra:
-            _set_rng_state(extra["rng"])
+        # Applied at the first training batch, not here: creating the DataLoader iterator draws from the global RNG
+        # after this hook, so setting it now would shift every later dropout mask against an uninterrupted run.
+        self._pending_rng = extra.get("rng")
+
+    def apply_pending_rng(self) -> None:
+        """Restore the RNG state of the loaded checkpoint now (if one is pending)."""
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.apply_pending_rng()

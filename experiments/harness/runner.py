@@ -126,6 +126,7 @@ def _load_weights(module: BridgeLitModule, path: Path) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
+    module.apply_pending_rng()  # the next stage starts from the RNG state this stage ended with
 
 
 def _resume_step(path: Path) -> int:
@@ -247,7 +248,7 @@ def _fit_stage(
         run, max_steps=stage.max_steps, plan=bplan, grad_clip=stage.grad_clip, callbacks=callbacks,
         loggers=loggers, model=module.model,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=False)
     save_checkpoint_atomic(trainer, rd.final_checkpoint(name))
     jsonl.flush()
     if trainer.is_global_zero and rd.last_checkpoint(name).exists():

@@ -121,12 +121,32 @@ def resolve_lr(group: str, stage: StageConfig) -> float:
 
 
 def add_lora(model: nn.Module, lora: LoraConfig) -> None:
-    """Add LoRA adapters to the model's LM once (a no-op when they are already there)."""
-    if getattr(model, "has_lora", False):
+    """Add LoRA adapters (peft) to the model's LM once; a no-op when it already has them.
+
+    A model may provide ``add_lora(r, alpha, dropout, target_modules)``; otherwise the adapters are injected in place
+    into the HF model at ``model.lm.model`` with ``peft.inject_adapter_in_model``, so parameter names gain
+    ``lora_A``/``lora_B`` and land in the group ``lm.lora``.
+    """
+    if hasattr(model, "add_lora"):
+        model.add_lora(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules))
         return
-    if not hasattr(model, "add_lora"):
-        raise ConfigError(f"{type(model).__name__} has no add_lora(); this model cannot take a LoRA stage.")
-    model.add_lora(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules))
+    hf_model = getattr(getattr(model, "lm", None), "model", None)
+    if not isinstance(hf_model, nn.Module):
+        raise ConfigError(f"{type(model).__name__} has neither add_lora() nor an HF model at .lm.model; no LoRA stage.")
+    if any("lora_" in name for name, _ in hf_model.named_parameters()):
+        return
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import inject_adapter_in_model
+    except ImportError as err:
+        raise ConfigError("A LoRA stage needs peft: pip install 'bridgelab[lora]'") from err
+    config = PeftLoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
+    )
+    try:
+        inject_adapter_in_model(config, hf_model)
+    except ValueError as err:
+        raise ConfigError(f"stage lora.target_modules {list(lora.target_modules)} do not fit this LM: {err}") from None
 
 
 def apply_stage(model: nn.Module, name: str, stage: StageConfig) -> StagePlan:
@@ -198,8 +218,8 @@ def trainable_state_keys(model: nn.Module, groups: Iterable[str]) -> set[str]:
 
 def count_params(model: nn.Module) -> dict[str, int]:
     return {
-        "total": sum(p.numel() for p in model.parameters()),
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
 
 

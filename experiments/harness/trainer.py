@@ -7,6 +7,7 @@ follows from it, the micro-batch size and the world size (devices x nodes), and 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,13 @@ from encoders.registry import ConfigError
 from experiments.harness.config import RunConfig, StageConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
+
+# Frozen encoders sit in eval mode on purpose; one Trainer per stage and per evaluated task would otherwise repeat
+# Lightning's start-up banner (accelerator, tips) many times in a sweep.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 LOGGER_NAMES = ("csv", "tensorboard", "wandb", "mlflow")
 
