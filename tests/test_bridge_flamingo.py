@@ -221,7 +221,7 @@ def test_a_few_steps_lower_the_loss_with_the_lm_frozen() -> None:
     assert all(abs(v) > 0 for v in bridge.gate_values().values())  # the gates opened
 
 
-# ---- through MultimodalLM ---------------------------------------------------------------------------------------------
+# ---- through MultimodalLM -------------------------------------------------------------------------------------
 
 
 def _model(**overrides):
@@ -257,7 +257,10 @@ def test_multimodal_lm_at_init_equals_the_bare_lm() -> None:
     assert torch.equal(got[real], bare[real])
 
 
-@pytest.mark.parametrize("frames, texts, media", [(1, *INTERLEAVED), (3, ["a clip <image> shows", "<image> then"], [0, 1])])
+VIDEO = (["a clip <image> shows", "<image> then"], [0, 1])
+
+
+@pytest.mark.parametrize("frames, texts, media", [(1, *INTERLEAVED), (3, *VIDEO)], ids=["interleaved", "video"])
 def test_generate_with_cache_equals_recompute(frames: int, texts: list[str], media: list[int]) -> None:
     model = _model(max_num_frames=4)
     _open_gates(model.bridge)
@@ -275,6 +278,7 @@ def test_learns_through_multimodal_lm_with_the_lm_frozen() -> None:
     model = _model().train()
     groups = model.param_groups()
     assert {"bridge.perceiver", "bridge.xattn", "bridge.gates"} <= set(groups)
+    assert groups["lm.new_tokens"] and all(p.requires_grad for p in groups["lm.new_tokens"])  # <image>, <|endofchunk|>
     assert not any(p.requires_grad for p in groups["lm"]) and not any(p.requires_grad for p in groups["encoder"])
     batch = _batch(model, *INTERLEAVED, labels=True)
     opt = torch.optim.AdamW(model.bridge.parameters(), lr=3e-3)
@@ -303,3 +307,18 @@ def test_bf16_lm_with_float32_bridge_and_text_only_batches() -> None:
         bare = model.lm.model(input_ids=text.input_ids, attention_mask=text.attention_mask).logits
     real = text.attention_mask.bool()
     assert torch.isfinite(got).all() and not torch.equal(got[real], bare[real])  # open gates: the FFW still acts
+
+
+def test_flops_per_media_match_the_flop_counter() -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lm = _lm(layers=2)
+    bridge = _bridge(lm, attach=False)
+    feats = VisionFeatures((torch.randn(3, 6, 32),), (1,), (2, 3), 32)  # one media item of 3 frames
+    # the math backend: the counter does not see the matmuls of the fused CPU kernel
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        memory = bridge.encode({"tiny": feats}, num_frames=3)
+        for block in bridge.xattn.values():
+            block.attn.kv(memory)
+    assert counter.get_total_flops() == bridge.flops_per_media(3)

@@ -291,7 +291,7 @@ def test_encode_and_a_few_steps_lower_the_loss_with_the_lm_frozen() -> None:
     assert losses[-1] < losses[0] - 0.05, losses
 
 
-# ---- through MultimodalLM ---------------------------------------------------------------------------------------------
+# ---- through MultimodalLM -------------------------------------------------------------------------------------
 
 
 def _model(lm: str | dict = "tiny_qwen2", **overrides):
@@ -380,3 +380,17 @@ def test_bf16_lm_with_float32_bridge_and_text_only_batches() -> None:
         bare = model.lm.model(input_ids=text.input_ids, attention_mask=text.attention_mask).logits
     real = text.attention_mask.bool()
     assert torch.equal(got[real], bare[real])
+
+
+@pytest.mark.parametrize("projector", ["linear", "mlp2x_gelu"])
+def test_flops_per_media_match_the_flop_counter(projector: str) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lm = _lm(layers=2)
+    bridge = _bridge(lm, projector=projector)
+    feats = VisionFeatures((torch.randn(2, P, 32),), (0,), (2, 3), 32)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        memory = bridge.encode({"tiny": feats}, num_frames=2)
+        for layer in bridge.hyper.values():
+            layer.v_kv_proj(memory)
+    assert counter.get_total_flops() == bridge.flops_per_media(2)
