@@ -192,8 +192,9 @@ class GatedXAttnDenseBlock(nn.Module):
     ``slot``; :meth:`gated` is the same computation on explicit inputs.
     """
 
-    def __init__(self, dim: int, dim_visual: int, config: FlamingoConfig, slot: ContextSlot | None = None,
-                 layer: int = -1) -> None:
+    def __init__(
+        self, dim: int, dim_visual: int, config: FlamingoConfig, slot: ContextSlot | None = None, layer: int = -1
+    ) -> None:
         super().__init__()
         c = config
         self.slot, self.layer, self.media_attention = slot, layer, c.media_attention
@@ -242,10 +243,17 @@ class GatedXAttnDenseBlock(nn.Module):
         attn.to_{q,k,v,out}``, ``post_attention_layernorm -> ff.0``, ``mlp.* -> ff.1.*``, ``alpha_cross_attn ->
         attn_gate.alpha``, ``alpha_dense -> ff_gate.alpha`` (IDEFICS' ``(1, 1, D)`` vectors are flattened).
         """
-        renames = {"input_layernorm": "attn.norm", "post_attention_layernorm": "ff.0", "mlp": "ff.1",
-                   "cross_attn.q_proj": "attn.to_q", "cross_attn.k_proj": "attn.to_k",
-                   "cross_attn.v_proj": "attn.to_v", "cross_attn.o_proj": "attn.to_out",
-                   "alpha_cross_attn": "attn_gate.alpha", "alpha_dense": "ff_gate.alpha"}
+        renames = {
+            "input_layernorm": "attn.norm",
+            "post_attention_layernorm": "ff.0",
+            "mlp": "ff.1",
+            "cross_attn.q_proj": "attn.to_q",
+            "cross_attn.k_proj": "attn.to_k",
+            "cross_attn.v_proj": "attn.to_v",
+            "cross_attn.o_proj": "attn.to_out",
+            "alpha_cross_attn": "attn_gate.alpha",
+            "alpha_dense": "ff_gate.alpha",
+        }
         out: dict[str, torch.Tensor] = {}
         for name, tensor in state_dict.items():
             if "rotary_emb" in name:
@@ -253,7 +261,7 @@ class GatedXAttnDenseBlock(nn.Module):
             prefix = next((p for p in renames if name == p or name.startswith(p + ".")), None)
             if prefix is None:
                 raise ValueError(f"Unexpected IDEFICS key '{name}' (qk layer norms are not supported)")
-            out[renames[prefix] + name[len(prefix):]] = tensor.reshape(-1) if "alpha" in name else tensor
+            out[renames[prefix] + name[len(prefix) :]] = tensor.reshape(-1) if "alpha" in name else tensor
         if self.attn.fused_kv:
             out["attn.to_kv.weight"] = torch.cat((out.pop("attn.to_k.weight"), out.pop("attn.to_v.weight")))
         self.load_state_dict(out)
@@ -269,8 +277,10 @@ class FlamingoBridge(InjectBridge):
     def __init__(self, config: FlamingoConfig, io: BridgeIO) -> None:
         super().__init__(config, io)
         self.check_io()
-        for field, value, allowed in (("media_attention", config.media_attention, _MEDIA_ATTENTION),
-                                      ("ff_activation", config.ff_activation, _FF_ACTIVATIONS)):
+        for field, value, allowed in (
+            ("media_attention", config.media_attention, _MEDIA_ATTENTION),
+            ("ff_activation", config.ff_activation, _FF_ACTIVATIONS),
+        ):
             if value not in allowed:
                 raise ValueError(f"Unknown {field} '{value}'. Use one of {allowed}.")
         if io.lm.num_layers < 1:
@@ -278,8 +288,13 @@ class FlamingoBridge(InjectBridge):
         self.encoder_layer = resolve_layers(config.encoder_layer, io.encoder.num_layers)[0]
         width = io.encoder.width
         self.perceiver = PerceiverResampler(
-            dim=width, depth=config.perceiver_depth, heads=config.perceiver_heads, dim_head=config.perceiver_dim_head,
-            num_latents=config.num_latents, ff_mult=config.perceiver_ff_mult, activation=config.perceiver_activation,
+            dim=width,
+            depth=config.perceiver_depth,
+            heads=config.perceiver_heads,
+            dim_head=config.perceiver_dim_head,
+            num_latents=config.num_latents,
+            ff_mult=config.perceiver_ff_mult,
+            activation=config.perceiver_activation,
             max_num_frames=config.max_num_frames,
         )
         self.layer_indices = xattn_layer_indices(config, io.lm.num_layers)
@@ -346,24 +361,22 @@ class FlamingoBridge(InjectBridge):
 
 _OF_CLIP = EncoderInfo("openclip_vit_l14", 1024, (16, 16), 24)
 _NFNET = EncoderInfo("nfnet_f6", 1536, (10, 10), 4)  # only the width matters for the counts
-_PAPER = {"perceiver_heads": 16, "perceiver_dim_head": 128, "perceiver_activation": "squared_relu",
-          "xattn_heads": 16, "xattn_dim_head": 128, "ff_activation": "squared_relu", "max_num_frames": 8}
+_PAPER = {"perceiver_heads": 16, "perceiver_dim_head": 128, "perceiver_activation": "squared_relu"}
+_PAPER |= {"xattn_heads": 16, "xattn_dim_head": 128, "ff_activation": "squared_relu", "max_num_frames": 8}
 _F3B = BridgeIO((_NFNET,), LMInfo(2048, 24, 16, 16, 128, 32000, "chinchilla"))
 _OF3B = BridgeIO((_OF_CLIP,), LMInfo(2048, 24, 16, 16, 128, 50280, "mpt"))
 _OF9B = BridgeIO((_OF_CLIP,), LMInfo(4096, 32, 32, 32, 128, 50280, "mpt"))
 _ARITH = "BRIDGES.md 1.7 arithmetic from the paper's hyper-parameters"
+_OF = "BRIDGES.md 1.7 (OF helpers.py arithmetic)"
 for _name, _over, _io, _count, _expected, _source in (
     ("flamingo_3b", _PAPER, _F3B, "bridge.xattn", 1_158_000_000, _ARITH + " (paper: 1.2B)"),
     ("flamingo_3b_perceiver", _PAPER, _F3B, "bridge.perceiver", 188_900_000, _ARITH + " (paper: 194M)"),
-    ("openflamingo_3b", {}, _OF3B, "bridge.xattn", 881_000_000, "BRIDGES.md 1.7 (OF helpers.py arithmetic)"),
-    ("openflamingo_3b_perceiver", {}, _OF3B, "bridge.perceiver", 63_000_000, "BRIDGES.md 1.7 (OF helpers.py)"),
-    ("openflamingo_9b", {"cross_attn_every_n_layers": 4}, _OF9B, "bridge.xattn", 1_115_800_000,
-     "BRIDGES.md 1.7 (OF helpers.py arithmetic)"),
+    ("openflamingo_3b", {}, _OF3B, "bridge.xattn", 881_000_000, _OF),
+    ("openflamingo_3b_perceiver", {}, _OF3B, "bridge.perceiver", 63_000_000, _OF),
+    ("openflamingo_9b", {"cross_attn_every_n_layers": 4}, _OF9B, "bridge.xattn", 1_115_800_000, _OF),
 ):
     register_preset(BridgePreset("flamingo", _name, dict(_over), _io, _expected, _source, _count))
-register_preset(BridgePreset(
-    "flamingo", "tiny",
-    {"perceiver_depth": 1, "perceiver_heads": 2, "perceiver_dim_head": 16, "num_latents": 8, "xattn_heads": 2,
-     "xattn_dim_head": 16, "cross_attn_every_n_layers": 1, "max_num_frames": 4},
-    BridgeIO((EncoderInfo("tiny", 32, (4, 4), 2),), LMInfo(64, 2, 4, 4, 16, 128)),
-))
+_TINY = {"perceiver_depth": 1, "perceiver_heads": 2, "perceiver_dim_head": 16, "num_latents": 8}
+_TINY |= {"xattn_heads": 2, "xattn_dim_head": 16, "max_num_frames": 4}
+_TINY_IO = BridgeIO((EncoderInfo("tiny", 32, (4, 4), 2),), LMInfo(64, 2, 4, 4, 16, 128))
+register_preset(BridgePreset("flamingo", "tiny", _TINY, _TINY_IO))

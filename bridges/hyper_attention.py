@@ -89,8 +89,9 @@ def default_hyper_layers(num_layers: int, count: int) -> list[int]:
     return [i * stride for i in range(count)]
 
 
-def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
-                  dropout: float = 0.0) -> torch.Tensor:
+def gqa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, dropout: float = 0.0
+) -> torch.Tensor:
     """SDPA with fewer K/V heads than query heads and a bool mask; query rows with nothing visible get zeros.
 
     Args:
@@ -198,8 +199,15 @@ class HyperAttentionLayer(nn.Module):
         else:
             # the LM's own attention code path, so rows that see no image stay bit-identical to the bare LM
             c_txt, _ = _attention_interface(attn)(
-                attn, q, k, v, mask_txt, dropout=dropout, scaling=attn.scaling,
-                sliding_window=getattr(attn, "sliding_window", None), **kwargs,
+                attn,
+                q,
+                k,
+                v,
+                mask_txt,
+                dropout=dropout,
+                scaling=attn.scaling,
+                sliding_window=getattr(attn, "sliding_window", None),
+                **kwargs,
             )
             c_img = gqa_attention(q, k_img, v_img, mask_img, attn.scaling, dropout)
             g = self._gate_value(c_txt)
@@ -220,7 +228,7 @@ def _attention_interface(attn: nn.Module) -> Any:
     """The attention function the LM itself would call (``sdpa``, ``eager``, ...), so the text path is identical."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    eager = getattr(sys.modules[type(attn).__module__], "eager_attention_forward")
+    eager = sys.modules[type(attn).__module__].eager_attention_forward
     return ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager)
 
 
@@ -244,8 +252,11 @@ class HyperAttentionBridge(InjectBridge):
     def __init__(self, config: HyperAttentionConfig, io: BridgeIO) -> None:
         super().__init__(config, io)
         self.check_io()
-        for field, value, allowed in (("mi_rope", config.mi_rope, _MI_ROPE), ("visibility", config.visibility,
-                                      tuple(_VISIBILITY)), ("fusion", config.fusion, _FUSIONS)):
+        for field, value, allowed in (
+            ("mi_rope", config.mi_rope, _MI_ROPE),
+            ("visibility", config.visibility, tuple(_VISIBILITY)),
+            ("fusion", config.fusion, _FUSIONS),
+        ):
             if value not in allowed:
                 raise ValueError(f"Unknown {field} '{value}'. Use one of {allowed}.")
         lm = io.lm
@@ -312,7 +323,9 @@ class HyperAttentionBridge(InjectBridge):
             )
         info = host.info
         if (info.hidden_size, info.num_layers, info.num_kv_heads or info.num_heads) != (
-            self.io.lm.hidden_size, self.io.lm.num_layers, self.io.lm.num_kv_heads or self.io.lm.num_heads
+            self.io.lm.hidden_size,
+            self.io.lm.num_layers,
+            self.io.lm.num_kv_heads or self.io.lm.num_heads,
         ):
             raise ValueError(f"Hyper Attention was built for LM {self.io.lm} but the host is {info}; rebuild it.")
         out = []
@@ -329,11 +342,20 @@ _QWEN2_7B = BridgeIO((_SIGLIP,), LMInfo(3584, 28, 28, 4, 128, 151851, "qwen2"))
 for _name, _over, _count, _expected, _source in (
     ("mplug_owl3_240728", {}, "bridge.hatb", 14_750_000, "BRIDGES.md 6.6 (4 x (v_kv_proj + gate_proj))"),
     ("mplug_owl3_240728_projector", {}, "bridge.projector", 4_130_000, "BRIDGES.md 6.1 (Linear 1152 -> 3584)"),
-    ("mplug_owl3_241101", {"fusion": "joint", "visibility": "inclusive", "projector": "mlp2x_gelu"},
-     "bridge.hatb", 14_684_000, "BRIDGES.md 6.6-6.7 (4 x v_kv_proj 3.671M, no gate)"),
+    (
+        "mplug_owl3_241101",
+        {"fusion": "joint", "visibility": "inclusive", "projector": "mlp2x_gelu"},
+        "bridge.hatb",
+        14_684_000,
+        "BRIDGES.md 6.6-6.7 (4 x v_kv_proj 3.671M, no gate)",
+    ),
 ):
     register_preset(BridgePreset("hyper_attention", _name, dict(_over), _QWEN2_7B, _expected, _source, _count))
-register_preset(BridgePreset(
-    "hyper_attention", "tiny", {"num_hyper_layers": 2},
-    BridgeIO((EncoderInfo("tiny", 32, (4, 4), 2),), LMInfo(64, 2, 4, 2, 16, 128, "llama")),
-))
+register_preset(
+    BridgePreset(
+        "hyper_attention",
+        "tiny",
+        {"num_hyper_layers": 2},
+        BridgeIO((EncoderInfo("tiny", 32, (4, 4), 2),), LMInfo(64, 2, 4, 2, 16, 128, "llama")),
+    )
+)

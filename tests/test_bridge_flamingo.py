@@ -11,11 +11,23 @@ from bridges.presets import PRESETS
 from encoders.base import VisionFeatures
 from llm_adapters import LMAdapter, LMConfig
 
-TINY = {"hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 128}
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
 ENC = EncoderInfo("tiny", 32, (2, 3), 2)
-SMALL = {"perceiver_depth": 1, "perceiver_heads": 2, "perceiver_dim_head": 8, "num_latents": 4,
-         "xattn_heads": 2, "xattn_dim_head": 8, "max_num_frames": 4}
+SMALL = {
+    "perceiver_depth": 1,
+    "perceiver_heads": 2,
+    "perceiver_dim_head": 8,
+    "num_latents": 4,
+    "xattn_heads": 2,
+    "xattn_dim_head": 8,
+    "max_num_frames": 4,
+}
 R = 4  # latents per media item
 
 
@@ -84,24 +96,43 @@ def test_gated_block_matches_idefics(alpha_type: str, fused_kv: bool) -> None:
     from transformers import IdeficsConfig
     from transformers.models.idefics.modeling_idefics import IdeficsGatedCrossAttentionLayer
 
-    config = IdeficsConfig(hidden_size=64, num_attention_heads=4, intermediate_size=96, hidden_act="silu",
-                           alpha_type=alpha_type, vision_config={"embed_dim": 32}, rms_norm_eps=1e-6)
+    config = IdeficsConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=96,
+        hidden_act="silu",
+        alpha_type=alpha_type,
+        vision_config={"embed_dim": 32},
+        rms_norm_eps=1e-6,
+    )
     config._attn_implementation = "eager"
     ref = IdeficsGatedCrossAttentionLayer(config, layer_idx=0).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.randn_like(p) * 0.2 + (0.5 if p.dim() == 1 else 0.0))
-    ours = GatedXAttnDenseBlock(64, 32, FlamingoConfig(
-        xattn_heads=4, xattn_dim_head=16, ff_mult=1.5, ff_activation="swiglu", norm="rmsnorm", norm_eps=1e-6,
-        fused_kv=fused_kv, gate="vector" if alpha_type == "vector" else "scalar")).eval()
+    ours = GatedXAttnDenseBlock(
+        64,
+        32,
+        FlamingoConfig(
+            xattn_heads=4,
+            xattn_dim_head=16,
+            ff_mult=1.5,
+            ff_activation="swiglu",
+            norm="rmsnorm",
+            norm_eps=1e-6,
+            fused_kv=fused_kv,
+            gate="vector" if alpha_type == "vector" else "scalar",
+        ),
+    ).eval()
     ours.load_idefics_state_dict(ref.state_dict())
     y, media = torch.randn(2, 7, 64), torch.randn(2, 3 * 5, 32)
     mask = torch.zeros(2, 7, 15, dtype=torch.bool)
     mask[0, 2:5, :5], mask[0, 5:, 5:10], mask[1, 4:, 10:] = True, True, True  # rows 0-1 of both see nothing
     additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)[:, None]
     with torch.no_grad():
-        expected = ref(y, image_hidden_states=media, image_attention_mask=additive,
-                       cross_attention_gate=mask.any(-1).float())
+        expected = ref(
+            y, image_hidden_states=media, image_attention_mask=additive, cross_attention_gate=mask.any(-1).float()
+        )
         got = ours.gated(y, ours.attn.kv(media), mask)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -145,7 +176,7 @@ def test_block_masking(mode: str) -> None:
     with torch.no_grad(), bridge.slot.use(_context(memory, [0, 0, 1], [2, 6, 4], 10)):
         changed = (block(y) != base).any(-1)
     expected = torch.zeros(2, 10, dtype=torch.bool)
-    expected[0, 2:6 if mode == "immediate" else 10] = True  # image 0 is the most recent media of tokens 2..5
+    expected[0, 2 : 6 if mode == "immediate" else 10] = True  # image 0 is the most recent media of tokens 2..5
     assert torch.equal(changed, expected)
 
 
@@ -203,7 +234,7 @@ def test_a_few_steps_lower_the_loss_with_the_lm_frozen() -> None:
     bridge = _bridge(lm)
     bridge.train()
     feats = VisionFeatures((torch.randn(3, 6, 32),), (1,), (2, 3), 32)
-    ids, ctx = _prompt()
+    ids, _ = _prompt()
     targets = torch.randint(0, 300, (2, 10))
     ours = {id(p) for p in bridge.parameters()}
     assert not any(p.requires_grad for p in lm.parameters() if id(p) not in ours)
@@ -225,7 +256,6 @@ def test_a_few_steps_lower_the_loss_with_the_lm_frozen() -> None:
 
 
 def _model(**overrides):
-    from encoders import build_encoder_set
     from llm_adapters import build_multimodal_lm
 
     torch.manual_seed(0)
@@ -295,8 +325,9 @@ def test_learns_through_multimodal_lm_with_the_lm_frozen() -> None:
 def test_bf16_lm_with_float32_bridge_and_text_only_batches() -> None:
     from llm_adapters import build_multimodal_lm
 
-    model = build_multimodal_lm({"preset": "tiny_clip"}, {"name": "flamingo", **SMALL},
-                                {"name": "tiny_llama", "dtype": "bfloat16"}).eval()
+    model = build_multimodal_lm(
+        {"preset": "tiny_clip"}, {"name": "flamingo", **SMALL}, {"name": "tiny_llama", "dtype": "bfloat16"}
+    ).eval()
     _open_gates(model.bridge)
     batch = _batch(model, *INTERLEAVED)
     assert model(batch).logits.dtype == torch.bfloat16 and model.generate(batch, max_new_tokens=2).shape == (2, 2)

@@ -12,8 +12,13 @@ from bridges.presets import PRESETS
 from encoders.base import VisionFeatures
 from llm_adapters import LMAdapter, LMConfig
 
-TINY = {"hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 128}
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
 ENC = EncoderInfo("tiny", 32, (2, 3), 2)
 P = 6  # visual tokens per image
 
