@@ -186,7 +186,7 @@ class InjectionContext:
         if mode == "strictly_after":
             return same_sample & (pos < q)
         seen = same_sample & (pos <= q)
-        if mode == "all_previous":
+        if mode == "all_previous" or seen.shape[-1] == 0:  # no media in the batch: nothing to pick from
             return seen
         # immediate: the seen media with the largest position
         latest = torch.where(seen, pos.expand_as(seen), torch.full_like(seen, -1, dtype=pos.dtype)).amax(-1, True)

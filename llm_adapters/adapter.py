@@ -54,6 +54,11 @@ class LMConfig:
         chat_template: ``auto`` (the family's own for a pretrained checkpoint, ``plain`` otherwise) or a name in
             ``templates.TEMPLATES``.
         attn_implementation: ``auto`` (SDPA where the model supports it, else eager), ``sdpa`` or ``eager``.
+        lora_rank: LoRA rank inserted into ``lora_targets`` with peft's ``inject_adapter_in_model`` (in place, so
+            family paths stay valid); 0 disables. The adapters are trainable (group ``lm.lora``) even when frozen.
+        lora_alpha: LoRA scaling numerator (scale = alpha / rank).
+        lora_dropout: dropout on the LoRA input.
+        lora_targets: module names to adapt; ``None`` uses the family's attention projections.
     """
 
     pretrained: str | None = None
@@ -67,6 +72,10 @@ class LMConfig:
     train_new_tokens: bool = True
     chat_template: str = "auto"
     attn_implementation: str = "auto"
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] | None = None
 
 
 class LMAdapter(nn.Module):
@@ -106,6 +115,25 @@ class LMAdapter(nn.Module):
         self._injector = Injector(self.model, self._family)
         if config.freeze:
             self.model.requires_grad_(False)
+        if config.lora_rank > 0:
+            self._add_lora()
+
+    def _add_lora(self) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        cfg = self.config
+        trainable = {id(p) for p in self.model.parameters() if p.requires_grad}
+        targets = list(cfg.lora_targets or self._family.lora_targets)
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+            fan_in_fan_out=self.family == "gpt2",  # GPT-2's Conv1D stores weights as (in, out)
+        )
+        inject_adapter_in_model(lora, self.model)
+        for name, p in self.model.named_parameters():  # peft freezes everything else; keep our own choice
+            p.requires_grad_("lora_" in name or id(p) in trainable)
 
     # ----------------------------------------------------------------- LMHost
     @property
@@ -166,7 +194,9 @@ class LMAdapter(nn.Module):
         if new_vocab != old_vocab:
             self.model.resize_token_embeddings(new_vocab, mean_resizing=not self.config.meta_device)
             if self.config.freeze:
-                self.model.requires_grad_(False)
+                for module in (self.model.get_input_embeddings(), self.model.get_output_embeddings()):
+                    if module is not None:
+                        module.requires_grad_(False)
         self.special_token_ids.update(ids)
         self._new_token_ids += added
         self._wrap_token_rows()
@@ -254,6 +284,11 @@ class LMAdapter(nn.Module):
         """
         if self._injector.attached:
             raise RuntimeError("Detach the injections before save_pretrained (they belong to the bridge)")
+        if self.lora_parameters():
+            raise RuntimeError(
+                "save_pretrained writes a plain HF checkpoint, which has no place for LoRA adapters; save the "
+                "trainable weights with the run checkpoint instead (or merge the adapters into the base weights first)"
+            )
         with self.plain_token_rows():
             self.model.save_pretrained(directory)
         if self.tokenizer is not None:

@@ -159,3 +159,20 @@ def test_hydra_yaml_selects_the_preset(name: str) -> None:
     assert spec["name"] == name
     _entry, config = LLMS.make_config(spec)
     assert config == LLMS.make_config(name)[1]
+
+
+@pytest.mark.parametrize("preset", ["tiny_llama", "tiny_gpt2", "tiny_mpt"])
+def test_lora_adapters_are_their_own_trainable_group(preset: str) -> None:
+    torch.manual_seed(0)
+    plain = build_lm(preset).eval()
+    torch.manual_seed(0)  # same base weights; the adapters are drawn after them
+    lm = build_lm({"name": preset, "lora_rank": 4}).eval()
+    ids = torch.randint(3, 300, (2, 7))
+    assert torch.equal(lm(input_ids=ids).logits, plain(input_ids=ids).logits)  # LoRA B starts at zero
+    lm.add_special_tokens(["<image>"])
+    lora = lm.lora_parameters()
+    assert len(lora) == 2 * len(lm._family.lora_targets) * 2  # (A, B) x targets x 2 layers
+    trainable = {id(p) for p in lm.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in lora + lm.new_token_parameters()}
+    with pytest.raises(RuntimeError, match="LoRA"):
+        lm.save_pretrained("/nonexistent")

@@ -136,3 +136,13 @@ def test_inject_param_groups_dedupe_shared_modules() -> None:
 def test_bridge_io_from_encoders() -> None:
     model = gated("tiny_qwen2", gate=0.0)
     assert model.bridge.io == BridgeIO(encoders=(EncoderInfo("vit", 32, (2, 2), 2),), lm=build_lm("tiny_qwen2").info)
+
+
+def test_inject_batch_without_media() -> None:
+    model = gated("tiny_llama", gate=1.0)
+    batch = make_batch(model.lm, ["a red square", "two blue circles"], labels=False, padding_side="left")
+    assert batch.num_media == 0
+    ctx = model.injection_context(batch)
+    assert ctx.memory.shape[0] == 0 and ctx.media_mask("immediate").shape == (2, batch.input_ids.shape[1], 0)
+    cached = model.generate(batch, max_new_tokens=3, do_sample=False)
+    assert_same_until_eos(cached, greedy_recompute(model, batch, cached.shape[1]), model.lm.tokenizer.eos_token_id)

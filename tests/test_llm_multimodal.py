@@ -137,3 +137,12 @@ def test_param_groups_partition_every_parameter_once() -> None:
     assert summary["groups"]["lm.new_tokens"]["trainable"] == 2 * 64
     assert summary["groups"]["encoder.last_k"]["trainable"] == sum(p.numel() for p in last_block.parameters())
     assert summary["groups"]["encoder"]["trainable"] == 0
+
+
+def test_lora_group_through_multimodal_lm() -> None:
+    model = build_multimodal_lm(fake_encoders(), "_test_linear", {"name": "tiny_qwen2", "lora_rank": 2})
+    groups = model.param_groups()
+    assert {id(p) for p in groups["lm.lora"]} == {id(p) for p in model.lm.lora_parameters()} != set()
+    assert not {id(p) for p in groups["lm"]} & {id(p) for p in groups["lm.lora"]}
+    rank, q_o, k_v = 2, 64 + 64, 64 + 32  # rank x (in + out) per adapted projection, 2 layers
+    assert model.summary()["groups"]["lm.lora"]["trainable"] == 2 * rank * (2 * q_o + 2 * k_v)

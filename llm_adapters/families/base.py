@@ -24,6 +24,7 @@ class Family:
         attention_attr: the attribute of a decoder layer holding its self-attention module.
         supports_attention_extension: whether :meth:`qkvo` gives separate q/k/v/o projections and the attention
             takes RoPE ``position_embeddings`` (what Hyper Attention needs).
+        lora_targets: module names LoRA adapts by default (the attention projections).
         default_templates: per model_type, the chat template a real checkpoint expects (see ``templates.py``).
     """
 
@@ -31,6 +32,7 @@ class Family:
     model_types: ClassVar[tuple[str, ...]]
     attention_attr: ClassVar[str]
     supports_attention_extension: ClassVar[bool]
+    lora_targets: ClassVar[tuple[str, ...]] = ()
     default_templates: ClassVar[dict[str, str]] = {}
 
     def layers_container(self, model: nn.Module) -> nn.ModuleList:

@@ -20,6 +20,7 @@ class GPT2Family(Family):
     name = "gpt2"
     model_types = ("gpt2",)
     attention_attr = "attn"
+    lora_targets = ("c_attn", "attn.c_proj")
     supports_attention_extension = False
 
     def layers_container(self, model: nn.Module) -> nn.ModuleList:

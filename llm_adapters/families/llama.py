@@ -19,6 +19,7 @@ class LlamaStyleFamily(Family):
     name = "llama"
     model_types = ("llama", "qwen2", "mistral")
     attention_attr = "self_attn"
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
     supports_attention_extension = True
     default_templates: ClassVar[dict[str, str]] = {"llama": "vicuna", "qwen2": "chatml", "mistral": "mistral"}
 

@@ -19,6 +19,7 @@ class MPTFamily(Family):
     name = "mpt"
     model_types = ("mpt",)
     attention_attr = "attn"
+    lora_targets = ("Wqkv", "out_proj")
     supports_attention_extension = False
 
     def layers_container(self, model: nn.Module) -> nn.ModuleList:

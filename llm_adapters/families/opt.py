@@ -18,6 +18,7 @@ class OPTFamily(Family):
     name = "opt"
     model_types = ("opt",)
     attention_attr = "self_attn"
+    lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj")
     supports_attention_extension = False
 
     def layers_container(self, model: nn.Module) -> nn.ModuleList:
