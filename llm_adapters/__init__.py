@@ -7,15 +7,23 @@ from llm_adapters import presets as _presets  # noqa: F401  (registers the prese
 from llm_adapters.adapter import IMAGE_TOKEN, LLMS, LMAdapter, LMConfig, build_lm, list_llms
 from llm_adapters.batch import MultimodalBatch
 from llm_adapters.collate import MultimodalCollator
+from llm_adapters.families import FAMILIES, Family, get_family
+from llm_adapters.injection import InjectedAttention, InjectedDecoderLayer, Injector
 from llm_adapters.multimodal_lm import MultimodalLM, MultimodalLMOutput, build_multimodal_lm
 from llm_adapters.splice import SpliceOutput, positions_from_mask, splice_visual_tokens
 from llm_adapters.templates import TEMPLATES, ChatTemplate, get_template
+from llm_adapters.tokenizer import build_tiny_tokenizer
 
 __all__ = [
+    "FAMILIES",
     "IMAGE_TOKEN",
     "LLMS",
     "TEMPLATES",
     "ChatTemplate",
+    "Family",
+    "InjectedAttention",
+    "InjectedDecoderLayer",
+    "Injector",
     "LMAdapter",
     "LMConfig",
     "MultimodalBatch",
@@ -25,6 +33,8 @@ __all__ = [
     "SpliceOutput",
     "build_lm",
     "build_multimodal_lm",
+    "build_tiny_tokenizer",
+    "get_family",
     "get_template",
     "list_llms",
     "positions_from_mask",

@@ -238,6 +238,7 @@ class MultimodalLM(nn.Module):
             "lm_family": self.lm.family,
             "visual_tokens_per_media": self.bridge.num_visual_tokens(1),
             "lm_tokens_per_media": self.bridge.num_visual_tokens(1) if self.bridge.kind == "prefix" else 1,
+            "bridge_flops_per_media": self.bridge.flops_per_media(1),
             "groups": groups,
             "total_params": sum(g["params"] for g in groups.values()),
             "trainable_params": sum(g["trainable"] for g in groups.values()),

@@ -84,7 +84,8 @@ class TokenRowsHead(nn.Module):
         new = hidden @ self.rows.to(hidden.dtype).T
         if self.base.bias is not None:
             new = new + self.base.bias[self.token_ids]
-        return logits.index_copy(-1, self.token_ids, new.to(logits.dtype))
+        # in place: the linear saves its input and weight for backward, not its output, and a (B, L, V) copy is costly
+        return logits.index_copy_(-1, self.token_ids, new.to(logits.dtype))
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
