@@ -92,16 +92,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bridgelab: unknown command '{command}'. Commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if command in ("train", "sweep"):
-        from experiments.harness.app import launch
+    from encoders.registry import ConfigError, RegistryError
 
-        launch(rest, multirun=command == "sweep")
-        return 0
-    if command == "demo":
-        return _demo(rest)
-    if command == "table":
-        return _table(rest)
-    return _params(rest)
+    try:
+        if command in ("train", "sweep"):
+            from experiments.harness.app import launch
+
+            launch(rest, multirun=command == "sweep")
+            return 0
+        if command == "demo":
+            return _demo(rest)
+        if command == "table":
+            return _table(rest)
+        return _params(rest)
+    except (ConfigError, RegistryError) as err:
+        print(f"bridgelab {command}: configuration error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

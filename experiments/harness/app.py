@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.harness.config import compose, first_values, is_sweep_value, validate_config
 from experiments.harness.runner import RunResult, run
 
 log = logging.getLogger("bridgelab")
@@ -57,8 +58,38 @@ def _hydra_main(cfg: DictConfig) -> Any:
     return hydra_task(cfg)
 
 
+def preflight(overrides: Sequence[str]) -> DictConfig:
+    """Compose and validate the config (a sweep: its first member) before Hydra starts, so that a typo fails at once
+    with the key's path and the valid keys (Hydra alone would only say that it cannot override the key)."""
+    cfg = compose(first_values(overrides), with_hydra=True)
+    validate_config(cfg)
+    return cfg
+
+
+def sweep_dirname_override(overrides: Sequence[str], cfg: DictConfig) -> str:
+    """An override that names each sweep member's directory by the keys that vary only (``bridge=mlp,seed=0``):
+    the command line's fixed overrides join the configured ``override_dirname.exclude_keys``."""
+    excluded = list(cfg.hydra.job.config.override_dirname.exclude_keys)
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if sep and not is_sweep_value(value) and key not in excluded and not key.startswith("hydra"):
+            excluded.append(key)
+    quoted = ",".join(f"'{k}'" for k in excluded)
+    return f"hydra.job.config.override_dirname.exclude_keys=[{quoted}]"
+
+
 def launch(overrides: Sequence[str], multirun: bool = False, program: str = "bridgelab") -> None:
-    """Run the Hydra app with ``overrides`` (``multirun``: a sweep), as if they were given on the command line."""
+    """Run the Hydra app with ``overrides`` (``multirun``: a sweep), as if they were given on the command line.
+
+    Raises:
+        ConfigError: the composed config is invalid (checked before any run starts).
+    """
+    overrides = list(overrides)
+    if not any(o.startswith("-") for o in overrides):  # --cfg, --help, --info: let Hydra answer
+        cfg = preflight(overrides)
+        if multirun or cfg.hydra.mode == RunMode.MULTIRUN:
+            overrides.append(sweep_dirname_override(overrides, cfg))
     argv = [program, *(["--multirun"] if multirun else []), *overrides]
     saved = sys.argv
     sys.argv = argv

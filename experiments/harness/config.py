@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -156,8 +157,11 @@ class RunConfig:
         plugins: modules imported before anything is built (user bridges, encoders, LMs register on import).
         resume: rerunning continues an unfinished run from its last checkpoint and skips a finished one;
             ``False`` refuses to touch an existing run directory.
-        bridge_overrides: per bridge name, fields merged onto ``bridge`` when it is that bridge (a sweep over
-            ``bridge=...`` can size every bridge; the result is what ``run.json`` records as ``bridge``).
+        by_bridge: per bridge name, a config fragment merged onto the whole config when the run's bridge has
+            that name, e.g. ``{qformer: {bridge: {num_query_tokens: 16}}, eagle: {encoder: {...two experts...}}}``.
+            One sweep over ``bridge=...`` can so size each bridge (and give Eagle its second expert); ``run.json``
+            records the merged result. It is applied after composition, so its values win over CLI overrides
+            of the same keys: override ``by_bridge.<name>.<key>`` instead.
         tags: free-form labels copied to ``run.json`` (e.g. the sweep axis values).
     """
 
@@ -169,7 +173,7 @@ class RunConfig:
     encoder: Any = None
     llm: Any = None
     bridge: Any = None
-    bridge_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_bridge: dict[str, Any] = field(default_factory=dict)
     data: Any = None
     world: Any = None
     stages: dict[str, StageConfig] = field(default_factory=dict)
@@ -246,7 +250,8 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig | RunConfig) -> RunConfi
         raise ConfigError(f"A run config must be a mapping, got {type(data).__name__}")
     data = {k: v for k, v in data.items() if k != "hydra"}
     _check_keys(data, RunConfig, "")
-    data = _apply_bridge_overrides(data)
+    data = _apply_by_bridge(data)
+    _check_keys(data, RunConfig, "")
     run = merge_config(RunConfig, data)
     if not run.stages:
         raise ConfigError("'stages' is empty: declare at least one stage (e.g. stages=align).")
@@ -258,13 +263,28 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig | RunConfig) -> RunConfi
     return run
 
 
-def _apply_bridge_overrides(data: dict[str, Any]) -> dict[str, Any]:
-    bridge, table = data.get("bridge"), data.get("bridge_overrides") or {}
-    if isinstance(bridge, str):
-        bridge = {"name": bridge}
-    if not isinstance(bridge, Mapping) or bridge.get("name") not in table:
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key not in ("encoder",):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _apply_by_bridge(data: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``by_bridge[<bridge name>]`` onto the config (``encoder`` is replaced whole: an encoder set differs)."""
+    bridge, table = data.get("bridge"), data.get("by_bridge") or {}
+    name = bridge if isinstance(bridge, str) else (bridge or {}).get("name") if isinstance(bridge, Mapping) else None
+    if name not in table:
         return data
-    return {**data, "bridge": {**bridge, **dict(table[bridge["name"]])}}
+    fragment = table[name] or {}
+    if not isinstance(fragment, Mapping):
+        raise ConfigError(f"'by_bridge.{name}' must be a mapping of config keys, got {type(fragment).__name__}")
+    if isinstance(bridge, str):
+        data = {**data, "bridge": {"name": bridge}}
+    return _deep_merge(data, fragment)
 
 
 def config_dict(run: RunConfig) -> dict[str, Any]:
@@ -312,16 +332,100 @@ def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+def _missing_key(message: str) -> str | None:
+    match = re.search(r"Could not override '([^']+)'", message)
+    return match.group(1) if match else None
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config", with_hydra: bool = False) -> DictConfig:
     """Compose the Hydra config tree from Python (notebooks, tests), as ``bridgelab train`` would.
 
-    ``overrides`` are Hydra override strings, e.g. ``["experiment=smoke", "bridge=qformer", "seed=1"]``.
+    ``overrides`` are Hydra override strings, e.g. ``["experiment=smoke", "bridge=qformer", "seed=1"]``. Overriding
+    a key that does not exist raises :class:`ConfigError` naming the key and the valid keys at its parent.
+    ``with_hydra`` keeps the ``hydra`` node (launcher, sweep settings) in the result.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
+    from hydra.errors import ConfigCompositionException
 
+    overrides = list(overrides)
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+        try:
+            return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
+        except ConfigCompositionException as err:
+            key = _missing_key(str(err))
+            if key is None:
+                raise
+            rest = [o for o in overrides if o.partition("=")[0].lstrip("+~") != key]
+            base = hydra_compose(config_name=config_name, overrides=rest)
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(base, parent) if parent else base
+    present = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    valid = list(dict.fromkeys([*schema_keys(parent, node), *present]))
+    if leaf in valid:
+        raise ConfigError(f"'{key}' is valid but not set by the composed config: add it with '+{key}=...'.")
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"Unknown config key '{key}'.{hint} Valid keys at '{parent or '<root>'}': {', '.join(valid)}.")
+
+
+def schema_keys(path: str, node: Any = None) -> list[str]:
+    """The field names a config node at dotted ``path`` accepts: from :class:`RunConfig` for the harness sections,
+    from the registered component's config dataclass for ``bridge``/``llm``/``encoder``/``data`` (by its ``name``)."""
+    head = path.split(".")[0] if path else ""
+    name = node.get("name") if isinstance(node, DictConfig) else None
+    if head in ("bridge", "llm", "encoder", "data") and "." not in path and isinstance(name, str):
+        try:
+            entry = _component_registry(head).get(name)
+            return [f.name for f in dataclasses.fields(entry.config_cls)]
+        except Exception:  # noqa: BLE001 - best effort: fall back to the keys that are present
+            return []
+    cls: Any = RunConfig
+    for part in [p for p in path.split(".") if p]:
+        if typing.get_origin(cls) is dict:  # a mapping of dataclasses (stages.<name>)
+            cls = _unwrap_optional(typing.get_args(cls)[1])
+        elif dataclasses.is_dataclass(cls) and part in typing.get_type_hints(cls):
+            cls = _unwrap_optional(typing.get_type_hints(cls)[part])
+        else:
+            return []
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _component_registry(kind: str) -> Any:
+    if kind == "bridge":
+        import bridges  # noqa: F401
+
+        return bridges.BRIDGES
+    if kind == "llm":
+        from llm_adapters import LLMS
+
+        return LLMS
+    if kind == "encoder":
+        from encoders import ENCODERS
+
+        return ENCODERS
+    from experiments.harness.data import DATA_SOURCES
+
+    return DATA_SOURCES
+
+
+def is_sweep_value(value: str) -> bool:
+    """Whether an override value lists several values (``a,b``) or calls a sweep function (``range(0,3)``)."""
+    return bool(re.match(r"^\w+\(", value)) or ("," in value and not value.startswith(("[", "{", "'", '"')))
+
+
+def first_values(overrides: Sequence[str]) -> list[str]:
+    """Sweep overrides reduced to their first value (``bridge=mlp,qformer`` -> ``bridge=mlp``) for a pre-flight check;
+    overrides with sweep functions (``range(...)``, ``choice(...)``, globs) are left out."""
+    out = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or override.startswith("--") or re.match(r"^\w+\(", value):
+            continue
+        if is_sweep_value(value):
+            value = value.split(",")[0]
+        out.append(f"{key}={value}")
+    return out
 
 
 def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> RunConfig:
