@@ -35,7 +35,7 @@ def params(text: str) -> nbformat.NotebookNode:
 
 QUICKSTART = [
     md(
-        """
+        r"""
         # bridgelab quickstart: one model, seven bridges
 
         A vision encoder, a **bridge** and a causal LM composed into one `MultimodalLM`, all built from config and
@@ -53,19 +53,19 @@ QUICKSTART = [
         """
     ),
     params(
-        """
-        BRIDGE = "perceiver"          # any name of bridges.list_bridges()
-        BRIDGE_SIZE = "tiny"          # a preset of bridges/presets.py, or None for the config defaults (paper sizes)
-        ENCODER = "tiny_clip"         # an encoder preset (experiments/configs/encoder/): HF CLIP, 2 layers, 32x32
+        r"""
+        BRIDGE = "perceiver"  # any name of bridges.list_bridges()
+        BRIDGE_SIZE = "tiny"  # a preset of bridges/presets.py, or None for the config defaults (paper sizes)
+        ENCODER = "tiny_clip"  # an encoder preset (experiments/configs/encoder/): HF CLIP, 2 layers, 32x32
         SECOND_EXPERT = "tiny_convnet"  # Eagle mixes experts: its second one (a timm ConvNeXt)
-        LLM = "tiny_llama"            # an LM preset (experiments/configs/llm/)
+        LLM = "tiny_llama"  # an LM preset (experiments/configs/llm/)
         MAX_NEW_TOKENS = 5
-        OUT_DIR = "quickstart_out"    # tables and figures are written here
+        OUT_DIR = "quickstart_out"  # tables and figures are written here
         SEED = 0
         """
     ),
     code(
-        """
+        r"""
         import os
         from pathlib import Path
 
@@ -89,7 +89,7 @@ QUICKSTART = [
         """
     ),
     md(
-        """
+        r"""
         ## 1. Build a model from config
 
         `build_multimodal_lm(encoder, bridge, llm)` takes a spec for each part: a registry/preset name or a mapping
@@ -98,16 +98,16 @@ QUICKSTART = [
         """
     ),
     code(
-        """
+        r'''
         def bridge_spec(name: str) -> dict:
-            \"\"\"The bridge's config: its registry name and the fields of the BRIDGE_SIZE preset.\"\"\"
+            """The bridge's config: its registry name and the fields of the BRIDGE_SIZE preset."""
             fields = dict(get_preset(name, BRIDGE_SIZE).overrides) if BRIDGE_SIZE else {}
             fields.pop("pixel_unshuffle", None)  # keyed by the preset's own expert names, not ours
             return {"name": name, **fields}
 
 
         def encoder_spec(name: str):
-            \"\"\"One encoder, or CLIP + ConvNeXt for a bridge whose preset assumes several experts (Eagle).\"\"\"
+            """One encoder, or CLIP + ConvNeXt for a bridge whose preset assumes several experts (Eagle)."""
             if len(get_preset(name, "tiny").io.encoders) > 1:
                 return {"clip": ENCODER, "convnext": SECOND_EXPERT}
             return ENCODER
@@ -121,10 +121,10 @@ QUICKSTART = [
         model = build(BRIDGE)
         print(bridge_spec(BRIDGE))
         print(model.bridge.__class__.__name__, "| kind:", model.bridge.kind, "| encoders:", list(model.encoders.names))
-        """
+        '''
     ),
     md(
-        """
+        r"""
         ## 2. A batch: text with `<image>` markers, images in order of appearance
 
         A sample is a dict with `text` (one `<image>` per image, where the image sits in the text), `images` and, for
@@ -134,41 +134,53 @@ QUICKSTART = [
         """
     ),
     code(
-        """
+        r'''
         def picture(colour: tuple[float, float, float], shape: str, size: int = 48) -> torch.Tensor:
-            \"\"\"A (3, size, size) image in [0, 1]: a coloured square or disc on grey.\"\"\"
+            """A (3, size, size) image in [0, 1]: a coloured square or disc on grey."""
             yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
             c = size / 2
-            inside = ((yy - c) ** 2 + (xx - c) ** 2 < (size / 4) ** 2) if shape == "disc" else (
-                (yy - c).abs().lt(size / 4) & (xx - c).abs().lt(size / 4))
+            inside = (
+                ((yy - c) ** 2 + (xx - c) ** 2 < (size / 4) ** 2)
+                if shape == "disc"
+                else ((yy - c).abs().lt(size / 4) & (xx - c).abs().lt(size / 4))
+            )
             img = torch.full((3, size, size), 0.5)
             return torch.where(inside, torch.tensor(colour)[:, None, None], img)
 
 
-        red_square, blue_disc, green_disc = (picture((1, 0, 0), "square"), picture((0, 0, 1), "disc"),
-                                             picture((0, 0.8, 0), "disc"))
+        red_square, blue_disc, green_disc = (
+            picture((1, 0, 0), "square"),
+            picture((0, 0, 1), "disc"),
+            picture((0, 0.8, 0), "disc"),
+        )
         samples = [
             {"text": "What colour is the shape in <image> ?", "images": [red_square], "answer": "red"},
             {"text": "<image> and <image> : same colour ?", "images": [blue_disc, green_disc], "answer": "no"},
         ]
         fig, axes = plt.subplots(1, 3, figsize=(6, 2))
         for ax, img, title in zip(axes, [red_square, blue_disc, green_disc], ["sample 0", "sample 1, 1st", "sample 1, 2nd"]):
-            ax.imshow(img.permute(1, 2, 0)); ax.set_title(title, fontsize=9); ax.axis("off")
+            ax.imshow(img.permute(1, 2, 0))
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
         plt.show()
 
         collate = MultimodalCollator.for_model(model, train=True)
         batch = collate(samples)
         tok = model.lm.tokenizer
         print("input_ids      ", tuple(batch.input_ids.shape))
-        print("pixel_values   ", {k: tuple(v.shape) for k, v in batch.pixel_values.items()}
-              if isinstance(batch.pixel_values, dict) else tuple(batch.pixel_values.shape))
+        print(
+            "pixel_values   ",
+            {k: tuple(v.shape) for k, v in batch.pixel_values.items()}
+            if isinstance(batch.pixel_values, dict)
+            else tuple(batch.pixel_values.shape),
+        )
         print("media_to_sample", batch.media_to_sample.tolist())
         print("sample 1 text  ", repr(tok.decode(batch.input_ids[1][batch.attention_mask[1] == 1])))
         print("sample 1 labels", repr(tok.decode(batch.labels[1][batch.labels[1] != -100])))
-        """
+        '''
     ),
     md(
-        """
+        r"""
         ## 3. Shapes on the way through
 
         The encoder returns only the layers the bridge asked for (`bridge.needs.layers`), as `(N_media·F, P, D)`
@@ -178,7 +190,7 @@ QUICKSTART = [
         """
     ),
     code(
-        """
+        r"""
         def shapes(model, batch) -> dict:
             with torch.no_grad():
                 feats = model.encode_media(batch)
@@ -192,8 +204,7 @@ QUICKSTART = [
                     print(f"encoder '{name}' layer {layer}: {tuple(h.shape)}  (grid {f.grid}, +{f.num_prefix} CLS)")
             what = "visual tokens (N_media, T, D_lm)" if model.bridge.kind == "prefix" else "visual memory (N_media, T, D)"
             print(f"{what}: {tuple(visual.shape)}")
-            print(f"text tokens {tuple(batch.input_ids.shape)} -> logits {tuple(out.logits.shape)}, "
-                  f"loss {out.loss.item():.3f}")
+            print(f"text tokens {tuple(batch.input_ids.shape)} -> logits {tuple(out.logits.shape)}, loss {out.loss.item():.3f}")
             return {"visual": tuple(visual.shape), "logits": tuple(out.logits.shape)}
 
 
@@ -201,7 +212,7 @@ QUICKSTART = [
         """
     ),
     md(
-        """
+        r"""
         ## 4. Swap the bridge: change one name
 
         Same encoder, same LM, same batch; only the bridge name changes. The table is the budget a fair comparison
@@ -210,7 +221,7 @@ QUICKSTART = [
         """
     ),
     code(
-        """
+        r"""
         import time
 
         models, rows = {}, []
@@ -221,16 +232,18 @@ QUICKSTART = [
             with torch.no_grad():
                 out = m(b)
             summary = m.summary()
-            rows.append({
-                "bridge": name,
-                "kind": m.bridge.kind,
-                "encoders": "+".join(m.encoders.names),
-                "bridge_params": sum(p.numel() for p in m.bridge.parameters()),
-                "visual_tokens_per_media": summary["visual_tokens_per_media"],
-                "lm_tokens_per_media": summary["lm_tokens_per_media"],
-                "logits": tuple(out.logits.shape),
-                "forward_ms": round(1000 * (time.perf_counter() - start), 1),
-            })
+            rows.append(
+                {
+                    "bridge": name,
+                    "kind": m.bridge.kind,
+                    "encoders": "+".join(m.encoders.names),
+                    "bridge_params": sum(p.numel() for p in m.bridge.parameters()),
+                    "visual_tokens_per_media": summary["visual_tokens_per_media"],
+                    "lm_tokens_per_media": summary["lm_tokens_per_media"],
+                    "logits": tuple(out.logits.shape),
+                    "forward_ms": round(1000 * (time.perf_counter() - start), 1),
+                }
+            )
             models[name] = m
         table = pd.DataFrame(rows).set_index("bridge")
         table.to_csv(out_dir / "bridges.csv")
@@ -238,7 +251,7 @@ QUICKSTART = [
         """
     ),
     md(
-        """
+        r"""
         ## 5. Attention
 
         **Perceiver resampler**: each latent query reads the image patches (and the latents) through cross-attention.
@@ -248,9 +261,9 @@ QUICKSTART = [
         """
     ),
     code(
-        """
+        r'''
         def perceiver_attention(attn, x, latents) -> torch.Tensor:
-            \"\"\"Weights (N, heads, R, S + R) of one PerceiverAttention layer, from its projections.\"\"\"
+            """Weights (N, heads, R, S + R) of one PerceiverAttention layer, from its projections."""
             assert attn.q_norm is None, "recomputation below assumes qk_norm=False"
             x, latents = attn.norm_media(x), attn.norm_latents(latents)
             kv_in = torch.cat([x, latents], dim=1)
@@ -274,27 +287,30 @@ QUICKSTART = [
         grid = perceiver.encoders[perceiver.encoders.names[0]].patch_grid
         patches = grid[0] * grid[1]
         maps = rearrange(weights.mean(1)[..., :patches], "n r (h w) -> n r h w", h=grid[0])  # (N_media, R, h, w)
-        print(f"attention weights {tuple(weights.shape)} = (N_media, heads, latents, patches + latents); "
-              f"share on patches: {weights[..., :patches].sum(-1).mean():.2f}")
+        print(
+            f"attention weights {tuple(weights.shape)} = (N_media, heads, latents, patches + latents); "
+            f"share on patches: {weights[..., :patches].sum(-1).mean():.2f}"
+        )
 
         n_show = min(8, maps.shape[1])
-        fig, axes = plt.subplots(maps.shape[0], n_show + 1, figsize=(1.4 * (n_show + 1), 1.5 * maps.shape[0]),
-                                 squeeze=False)
+        fig, axes = plt.subplots(maps.shape[0], n_show + 1, figsize=(1.4 * (n_show + 1), 1.5 * maps.shape[0]), squeeze=False)
         images = [red_square, blue_disc, green_disc]
         for i in range(maps.shape[0]):
-            axes[i, 0].imshow(images[i].permute(1, 2, 0)); axes[i, 0].set_title(f"media {i}", fontsize=8)
+            axes[i, 0].imshow(images[i].permute(1, 2, 0))
+            axes[i, 0].set_title(f"media {i}", fontsize=8)
             for r in range(n_show):
-                axes[i, r + 1].imshow(maps[i, r], cmap="viridis"); axes[i, r + 1].set_title(f"latent {r}", fontsize=8)
+                axes[i, r + 1].imshow(maps[i, r], cmap="viridis")
+                axes[i, r + 1].set_title(f"latent {r}", fontsize=8)
         for ax in axes.flat:
             ax.axis("off")
         fig.suptitle("Perceiver layer 0: attention of each latent over the patch grid (heads averaged)", fontsize=9)
         fig.tight_layout()
         fig.savefig(out_dir / "perceiver_attention.png", dpi=100)
         plt.show()
-        """
+        '''
     ),
     md(
-        """
+        r"""
         **Flamingo** inserts gated cross-attention before LM layers. Which media a text token may attend to is a mask
         built from the `<image>` positions: by default only the most recent image at or before the token
         (`immediate`); mPLUG-Owl3's Hyper Attention lets a token see every image strictly before it. Both come from
@@ -302,7 +318,7 @@ QUICKSTART = [
         """
     ),
     code(
-        """
+        r"""
         flamingo = models["flamingo"]
         fb = MultimodalCollator.for_model(flamingo, train=True)(samples)
         with torch.no_grad():
@@ -326,7 +342,7 @@ QUICKSTART = [
         """
     ),
     md(
-        """
+        r"""
         ## 6. Generate
 
         The generation collator leaves the answers out and pads on the left; `generate` uses the LM's KV cache. With
@@ -334,7 +350,7 @@ QUICKSTART = [
         """
     ),
     code(
-        """
+        r"""
         prompts = MultimodalCollator.for_model(model, train=False)(samples)
         new_tokens = model.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         print(f"generated ids {tuple(new_tokens.shape)}")
@@ -347,7 +363,7 @@ QUICKSTART = [
 
 ANALYSE_SWEEP = [
     md(
-        """
+        r"""
         # Analyse a sweep: table, trade-off plots, learning curves, a trained model back
 
         A sweep is a folder of run directories (`run.json`, `metrics.jsonl`, `eval/<task>/scores.json`,
@@ -361,19 +377,19 @@ ANALYSE_SWEEP = [
         """
     ),
     params(
-        """
-        SWEEP_DIR = None                   # an existing sweep to analyse; None = run the tiny sweep below first
-        RUN_DIR = "analyse_sweep_runs"     # where the tiny sweep writes its runs
+        r"""
+        SWEEP_DIR = None  # an existing sweep to analyse; None = run the tiny sweep below first
+        RUN_DIR = "analyse_sweep_runs"  # where the tiny sweep writes its runs
         PLOTS_DIR = "analyse_sweep_plots"
         BRIDGE_NAMES = ["mlp", "perceiver"]
         SEEDS = [0, 1]
-        STEPS = 150                        # optimiser steps per run (about 10 s each on one CPU core)
+        STEPS = 150  # optimiser steps per run (about 10 s each on one CPU core)
         BATCH_SIZE = 16
-        N_TRAIN, N_EVAL = 256, 32          # samples per task
+        N_TRAIN, N_EVAL = 256, 32  # samples per task
         """
     ),
     code(
-        """
+        r"""
         import os
         from pathlib import Path
 
@@ -384,14 +400,13 @@ ANALYSE_SWEEP = [
         from IPython.display import Image, Markdown, display
 
         import experiments
-        from experiments.analysis import load_metrics, load_runs, plot_learning_curves, plot_tradeoffs, summarize
-        from experiments.analysis import to_markdown
+        from experiments.analysis import load_runs, plot_learning_curves, plot_tradeoffs, summarize, to_markdown
 
         transformers.logging.set_verbosity_error()
         """
     ),
     md(
-        """
+        r"""
         ## 1. A tiny sweep through the harness (skipped when `SWEEP_DIR` is set)
 
         The data: 16x16 pictures of a coloured square, two tasks: `colour` (one image, which colour?) and
@@ -409,7 +424,7 @@ ANALYSE_SWEEP = [
         """
     ),
     code(
-        """
+        r'''
         from dataclasses import dataclass
 
         from experiments.harness.data import DATA_SOURCES, DataSource, TaskData
@@ -419,7 +434,7 @@ ANALYSE_SWEEP = [
 
         @dataclass
         class ColourConfig:
-            \"\"\"Samples per task and image side.\"\"\"
+            """Samples per task and image side."""
 
             n_train: int = 256
             n_eval: int = 32
@@ -441,12 +456,23 @@ ANALYSE_SWEEP = [
                 a, b = (names[i] for i in torch.randint(len(names), (2,), generator=gen).tolist())
                 if pairs:
                     b = a if torch.rand((), generator=gen) < 0.5 else b  # about half "yes"
-                    out.append({"text": "<image> <image> same colour ?", "images": [image(a), image(b)],
-                                "answer": "yes" if a == b else "no",
-                                "meta": {"question_type": "same_colour", "choices": ["yes", "no"]}})
+                    out.append(
+                        {
+                            "text": "<image> <image> same colour ?",
+                            "images": [image(a), image(b)],
+                            "answer": "yes" if a == b else "no",
+                            "meta": {"question_type": "same_colour", "choices": ["yes", "no"]},
+                        }
+                    )
                 else:
-                    out.append({"text": "<image> colour ?", "images": [image(a)], "answer": a,
-                                "meta": {"question_type": "colour", "choices": names, "image_answers": [a]}})
+                    out.append(
+                        {
+                            "text": "<image> colour ?",
+                            "images": [image(a)],
+                            "answer": a,
+                            "meta": {"question_type": "colour", "choices": names, "image_answers": [a]},
+                        }
+                    )
             return out
 
 
@@ -456,34 +482,38 @@ ANALYSE_SWEEP = [
             class NotebookColours(DataSource):
                 def build(self, seed: int) -> TaskData:
                     c = self.config
-                    train = {"colour": colour_samples(c.n_train, c.size, 100 + seed, False),
-                             "same_colour": colour_samples(c.n_train, c.size, 200 + seed, True)}
-                    evals = {"colour": colour_samples(c.n_eval, c.size, 1, False),
-                             "same_colour": colour_samples(c.n_eval, c.size, 2, True)}
+                    train = {
+                        "colour": colour_samples(c.n_train, c.size, 100 + seed, False),
+                        "same_colour": colour_samples(c.n_train, c.size, 200 + seed, True),
+                    }
+                    evals = {
+                        "colour": colour_samples(c.n_eval, c.size, 1, False),
+                        "same_colour": colour_samples(c.n_eval, c.size, 2, True),
+                    }
                     return TaskData(train, evals)
-        """
+        '''
     ),
     code(
-        """
+        r'''
         from bridges.presets import get_preset
 
 
         def bridge_spec(name: str) -> dict:
-            \"\"\"The bridge at its ``tiny`` preset size (bridges/presets.py); the paper sizes are the config defaults.\"\"\"
+            """The bridge at its ``tiny`` preset size (bridges/presets.py); the paper sizes are the config defaults."""
             fields = dict(get_preset(name, "tiny").overrides)
             fields.pop("pixel_unshuffle", None)  # keyed by the preset's expert names
             return {"name": name, **fields}
 
 
         def encoder_spec(name: str):
-            \"\"\"A tiny CLIP tower, plus a tiny ConvNeXt expert for a bridge that mixes experts (Eagle).\"\"\"
+            """A tiny CLIP tower, plus a tiny ConvNeXt expert for a bridge that mixes experts (Eagle)."""
             if len(get_preset(name, "tiny").io.encoders) > 1:
                 return {"clip": "tiny_clip", "convnext": "tiny_convnet"}
             return "tiny_clip"
 
 
         def run_config(bridge: str, seed: int) -> dict:
-            \"\"\"A complete run config (the same keys as experiments/configs/config.yaml), validated by the harness.\"\"\"
+            """A complete run config (the same keys as experiments/configs/config.yaml), validated by the harness."""
             return {
                 "name": f"{bridge}-seed{seed}",
                 "seed": seed,
@@ -491,8 +521,14 @@ ANALYSE_SWEEP = [
                 "llm": "tiny_llama",
                 "bridge": bridge_spec(bridge),
                 "data": {"name": "nb_colours", "n_train": N_TRAIN, "n_eval": N_EVAL},
-                "stages": {"align": {"trainable": ["bridge*", "lm", "lm.new_tokens"], "lr": 3e-3, "max_steps": STEPS,
-                                     "warmup_ratio": 0.1}},
+                "stages": {
+                    "align": {
+                        "trainable": ["bridge*", "lm", "lm.new_tokens"],
+                        "lr": 3e-3,
+                        "max_steps": STEPS,
+                        "warmup_ratio": 0.1,
+                    }
+                },
                 "train": {"effective_batch_size": BATCH_SIZE, "log_every_n_steps": 2, "checkpoint_every_n_steps": 0},
                 "trainer": {"loggers": [], "progress_bar": False},
                 "eval": {"batch_size": 32, "max_new_tokens": 3},
@@ -509,14 +545,16 @@ ANALYSE_SWEEP = [
             for bridge in BRIDGE_NAMES:
                 for seed in SEEDS:
                     result = experiments.run(run_config(bridge, seed), run_dir=Path(RUN_DIR) / f"{bridge}-seed{seed}")
-                    print(f"{bridge:>10} seed {seed}: {result.status}{' (skipped, finished earlier)' if result.skipped else ''}"
-                          f"  mean exact match {result.metrics.get('eval/mean_exact_match', float('nan')):.3f}")
+                    print(
+                        f"{bridge:>10} seed {seed}: {result.status}{' (skipped, finished earlier)' if result.skipped else ''}"
+                        f"  mean exact match {result.metrics.get('eval/mean_exact_match', float('nan')):.3f}"
+                    )
             print(f"sweep took {time.perf_counter() - start:.0f} s")
             SWEEP_DIR = RUN_DIR
-        """
+        '''
     ),
     md(
-        """
+        r"""
         ## 2. Load the runs
 
         One row per (run, task). Failed or unfinished runs are kept with their `status` and `error`, so nothing
@@ -524,26 +562,42 @@ ANALYSE_SWEEP = [
         """
     ),
     code(
-        """
+        r"""
         df = load_runs(SWEEP_DIR)
-        print(f"{df['run'].nunique()} runs, {len(df)} rows, status: {df.drop_duplicates('run')['status'].value_counts().to_dict()}")
-        df[["run", "bridge", "seed", "task", "exact_match", "visual_tokens_per_media", "trainable_params",
-            "train_samples_per_s"]]
+        print(
+            f"{df['run'].nunique()} runs, {len(df)} rows, status: {df.drop_duplicates('run')['status'].value_counts().to_dict()}"
+        )
+        df[
+            [
+                "run",
+                "bridge",
+                "seed",
+                "task",
+                "exact_match",
+                "visual_tokens_per_media",
+                "trainable_params",
+                "train_samples_per_s",
+            ]
+        ]
         """
     ),
-    md("## 3. Mean ± std over seeds, with the budget beside the score"),
-    code(
+    md(
+        r"""
+        ## 3. Mean ± std over seeds, with the budget beside the score
         """
+    ),
+    code(
+        r"""
         table = summarize(df)
         markdown = to_markdown(table)
         plots = Path(PLOTS_DIR)
         plots.mkdir(parents=True, exist_ok=True)
-        (plots / "summary.md").write_text(markdown + "\\n")
+        (plots / "summary.md").write_text(markdown + "\n")
         display(Markdown(markdown))
         """
     ),
     md(
-        """
+        r"""
         ## 4. Plots: accuracy against visual tokens and throughput, learning curves
 
         One point per bridge (error bars: std over seeds), a panel per task; chance is dotted when the data records
@@ -551,7 +605,7 @@ ANALYSE_SWEEP = [
         """
     ),
     code(
-        """
+        r"""
         written = plot_tradeoffs(df, plots)
         written.append(plot_learning_curves(df, plots / "learning_curves.png"))
         for path in written:
@@ -560,7 +614,7 @@ ANALYSE_SWEEP = [
         """
     ),
     md(
-        """
+        r"""
         ## 5. A trained model back from its run directory
 
         `experiments.load_run(run_dir)` reads the resolved config from `run.json`, rebuilds the model as the run did
@@ -568,7 +622,7 @@ ANALYSE_SWEEP = [
         """
     ),
     code(
-        """
+        r"""
         from experiments.harness.rundir import RunDir
 
         finished = df[df["status"] == "finished"]
@@ -592,6 +646,8 @@ ANALYSE_SWEEP = [
 
 
 def save(cells: list[nbformat.NotebookNode], path: Path) -> None:
+    for index, cell in enumerate(cells):
+        cell.id = f"cell-{index:02d}"  # stable ids: regenerating an unchanged notebook gives the same file
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     nb.metadata["language_info"] = {"name": "python"}

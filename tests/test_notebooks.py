@@ -26,7 +26,9 @@ def execute(name: str, parameters: str, workdir: Path) -> nbformat.NotebookNode:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     tagged = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name} needs exactly one cell tagged 'parameters', found {len(tagged)}"
-    assert not any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), f"{name} is saved with outputs"
+    assert not any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), (
+        f"{name} is saved with outputs"
+    )
     tagged[0].source = parameters
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print('KERNEL', sys.executable)"))
     env = {
@@ -102,8 +104,11 @@ def test_analyse_sweep(tmp_path: Path) -> None:
     rows = [line.split(" | ")[:2] for line in summary[2:]]
     assert sorted(r[0].strip("| ") for r in rows) == ["mlp", "mlp", "perceiver", "perceiver"]
     assert all(" ± " in line for line in summary[2:])
-    for plot in ("exact_match_vs_visual_tokens_per_media.png", "exact_match_vs_train_samples_per_s.png",
-                 "learning_curves.png"):
+    for plot in (
+        "exact_match_vs_visual_tokens_per_media.png",
+        "exact_match_vs_train_samples_per_s.png",
+        "learning_curves.png",
+    ):
         assert (tmp_path / "plots" / plot).stat().st_size > 1000, plot
 
     text = stdout(nb)
