@@ -1,0 +1,163 @@
+"""Measurement primitives: wall time, FLOPs, peak memory and output parity of a zero-argument computation.
+
+* Time: :class:`torch.utils.benchmark.Timer` (it synchronises CUDA), after ``warmup`` calls; each of ``repeats``
+  measurements runs the call ``number`` times, with ``number`` chosen from the warm-up so that one measurement lasts
+  about ``min_block_s``; the report gives the median and the inter-quartile range of the per-call times.
+* FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` under ``sdpa_kernel(SDPBackend.MATH)``, since the CPU
+  flash-attention kernel is not counted (its math decomposition is).
+* Peak memory: on CUDA the rise of ``max_memory_allocated`` over the allocation before the call; on CPU the peak of
+  the running sum of the allocations and frees recorded by ``torch.profiler`` (``profile_memory=True``) during the
+  call, i.e. the tensor memory the call holds at its worst (caching and fragmentation of the C allocator excluded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import statistics
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+
+Call = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a computation is run and measured.
+
+    Attributes:
+        device: where it runs.
+        repeats: timed measurements (the median is reported).
+        warmup: untimed calls first.
+        min_block_s: target duration of one measurement (calls are repeated within it).
+        autocast: ``bfloat16`` autocast for the timed calls (CUDA); parity and FLOPs always run in float32.
+    """
+
+    device: torch.device
+    repeats: int = 5
+    warmup: int = 2
+    min_block_s: float = 0.05
+    autocast: bool = False
+
+
+@contextlib.contextmanager
+def precision(settings: Settings) -> Iterator[None]:
+    if settings.autocast:
+        with torch.autocast(settings.device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def forward(fn: Call) -> Call:
+    """The call without autograd (inference)."""
+
+    def run() -> Any:
+        with torch.no_grad():
+            return fn()
+
+    return run
+
+
+def forward_backward(fn: Call) -> Call:
+    """Forward, then backward of the sum of the output (gradients accumulate into ``.grad``)."""
+
+    def run() -> None:
+        fn().float().sum().backward()
+
+    return run
+
+
+def time_call(fn: Call, settings: Settings) -> dict[str, Any]:
+    """Median and inter-quartile range of the per-call wall time, in milliseconds."""
+
+    def call() -> None:
+        with precision(settings):
+            fn()
+
+    timer = Timer("call()", globals={"call": call}, num_threads=torch.get_num_threads())
+    first = timer.timeit(1).median  # also the first warm-up call
+    for _ in range(max(0, settings.warmup - 1)):
+        first = min(first, timer.timeit(1).median)
+    number = max(1, int(settings.min_block_s / max(first, 1e-6)))
+    times = [timer.timeit(number).median for _ in range(max(1, settings.repeats))]
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {
+        "median_ms": 1e3 * statistics.median(times),
+        "iqr_ms": 1e3 * (quartiles[2] - quartiles[0]),
+        "calls_per_measurement": number,
+        "measurements": len(times),
+    }
+
+
+def count_flops(fn: Call, custom_mapping: dict[Any, Any] | None = None) -> int:
+    """Forward FLOPs (2 x multiply-adds) counted by ``FlopCounterMode``, attention through its math decomposition."""
+    counter = FlopCounterMode(display=False, custom_mapping=custom_mapping or {})
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def memory_method(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "CUDA max_memory_allocated rise during the call"
+    return "peak of allocations minus frees recorded by torch.profiler during the call (CPU tensor memory)"
+
+
+def peak_memory_bytes(fn: Call, settings: Settings) -> int | None:
+    """Peak tensor memory the call adds on top of what existed before it (``None`` if it cannot be measured)."""
+    if settings.device.type == "cuda":
+        torch.cuda.synchronize(settings.device)
+        torch.cuda.reset_peak_memory_stats(settings.device)
+        before = torch.cuda.memory_allocated(settings.device)
+        with precision(settings):
+            fn()
+        torch.cuda.synchronize(settings.device)
+        return torch.cuda.max_memory_allocated(settings.device) - before
+    if settings.device.type != "cpu":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep kineto's start/stop chatter off stderr
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, precision(settings):
+        fn()
+    events = prof.profiler.kineto_results.events() if prof.profiler is not None else []
+    allocations = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    if not allocations:
+        return None
+    return max(0, max(itertools.accumulate(n for _, n in allocations)))
+
+
+def parity(ours: torch.Tensor, reference: torch.Tensor, atol: float, rtol: float) -> dict[str, Any]:
+    """Compare two outputs; ``matched`` follows ``torch.testing.assert_close``'s rule."""
+    if ours.shape != reference.shape:
+        return {
+            "matched": False,
+            "max_abs_diff": float("inf"),
+            "atol": atol,
+            "rtol": rtol,
+            "error": f"shape {tuple(ours.shape)} vs reference {tuple(reference.shape)}",
+        }
+    ours, reference = ours.detach().float(), reference.detach().float()
+    diff = (ours - reference).abs()
+    matched = bool((diff <= atol + rtol * reference.abs()).all())
+    return {
+        "matched": matched,
+        "max_abs_diff": float(diff.max()) if diff.numel() else 0.0,
+        "atol": atol,
+        "rtol": rtol,
+        "max_abs_reference": float(reference.abs().max()) if diff.numel() else 0.0,
+    }
+
+
+def param_count(module: torch.nn.Module | None) -> int | None:
+    if module is None:
+        return None
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())

@@ -1,0 +1,308 @@
+"""Benchmark every bridge beside its installed reference: time, FLOPs, parameters, peak memory.
+
+Usage::
+
+    python -m benchmarks.run [--size tiny|small|medium] [--out DIR] [--bridges mlp qformer ...]
+                             [--repeats N] [--warmup N] [--threads N] [--device auto|cpu|cuda]
+
+Writes ``<out>/bridges.md`` (the table printed to stdout) and ``<out>/bridges.json`` (every record and the machine),
+both atomically. On CUDA the timed calls run under bf16 autocast; the parity check (reference and ours on the same
+weights and inputs, float32, eval mode) and the FLOP counts always run in float32. A parity failure stops the run:
+speeds of different computations are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import bridges as _prefix_cases  # noqa: F401  (registers the prefix-bridge cases first)
+from benchmarks import inject as _inject_cases  # noqa: F401  (then the inject-bridge cases)
+from benchmarks.case import CASES, SIZES, Case
+from benchmarks.measure import (
+    Settings,
+    count_flops,
+    forward,
+    forward_backward,
+    memory_method,
+    param_count,
+    parity,
+    peak_memory_bytes,
+    time_call,
+)
+
+#: (repeats, warmup) per size.
+DEFAULT_REPEATS = {"tiny": (1, 1), "small": (5, 2), "medium": (5, 2)}
+ATOL = RTOL = 1e-4
+FLOP_TOLERANCE = 0.10
+
+
+class ParityError(AssertionError):
+    """Ours and the reference disagree, so their timings would not compare equal computations."""
+
+
+def _zero_grad(*modules: torch.nn.Module | None) -> None:
+    for module in modules:
+        if module is not None:
+            module.zero_grad(set_to_none=True)
+
+
+def _has_trainable(module: torch.nn.Module | None) -> bool:
+    return module is not None and any(p.requires_grad for p in module.parameters())
+
+
+def _side(case: Case, which: str, settings: Settings) -> dict[str, Any]:
+    """Time and memory of one side (``ours`` or ``reference``)."""
+    module, fn = (case.ours, case.run_ours) if which == "ours" else (case.reference, case.run_reference)
+    assert fn is not None
+    out: dict[str, Any] = {"fwd": time_call(forward(fn), settings)}
+    out["peak_mem_fwd_bytes"] = peak_memory_bytes(forward(fn), settings)
+    if _has_trainable(module):
+        out["fwdbwd"] = time_call(forward_backward(fn), settings)
+        _zero_grad(module)
+        out["peak_mem_fwdbwd_bytes"] = peak_memory_bytes(forward_backward(fn), settings)
+        _zero_grad(module)
+    return out
+
+
+def run_case(case: Case, settings: Settings) -> dict[str, Any]:
+    """Measure one case; raises :class:`ParityError` when ours and the reference disagree."""
+    record: dict[str, Any] = {
+        "bridge": case.name,
+        "what": case.what,
+        "num_media": case.num_media,
+        "reference": case.reference_name or None,
+        "no_reference": case.no_reference or None,
+        "params": param_count(case.ours),
+        "ref_params": param_count(case.reference),
+        "notes": list(case.notes),
+    }
+    # equal computations first: same weights, same inputs, float32
+    ours_out = forward(case.run_ours)()
+    if case.run_reference is not None:
+        check = parity(ours_out, forward(case.run_reference)(), ATOL, RTOL)
+        record["parity"] = check
+        if not check["matched"]:
+            raise ParityError(f"{case.name}: ours and the reference ({case.reference_name}) differ: {check}")
+    # FLOPs: the declaration per media item against the counter
+    measured = count_flops(case.run_flops, case.flop_mapping) / case.flops_media
+    declared = case.declared_flops_per_media
+    record.update(
+        declared_flops_per_media=declared,
+        measured_flops_per_media=measured,
+        flops_rel_err=(declared - measured) / measured if measured else float("nan"),
+        timed_flops=count_flops(case.run_ours, case.flop_mapping),
+    )
+    if case.run_reference is not None:
+        record["ref_timed_flops"] = count_flops(case.run_reference, case.flop_mapping)
+    # time and memory
+    ours = _side(case, "ours", settings)
+    record["ours"] = ours
+    if case.run_reference is not None:
+        ref = _side(case, "reference", settings)
+        record["ref"] = ref
+        record["speed_ratio_fwd"] = ours["fwd"]["median_ms"] / ref["fwd"]["median_ms"]
+        if "fwdbwd" in ours and "fwdbwd" in ref:
+            record["speed_ratio_fwdbwd"] = ours["fwdbwd"]["median_ms"] / ref["fwdbwd"]["median_ms"]
+    if case.baseline is not None:
+        label, fn = case.baseline
+        record["baseline"] = {"label": label, "fwd": time_call(forward(fn), settings)}
+    record["fwd_gflops_per_s"] = record["timed_flops"] / (ours["fwd"]["median_ms"] * 1e6)
+    return record
+
+
+def machine(settings: Settings) -> dict[str, Any]:
+    """Device, library versions, threads and the load of the machine (it is shared)."""
+    import transformers
+
+    if settings.device.type == "cuda":
+        name = torch.cuda.get_device_name(settings.device)
+    else:
+        name = platform.processor() or platform.machine()
+        cpuinfo = Path("/proc/cpuinfo")
+        if cpuinfo.exists():
+            models = [
+                ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")
+            ]
+            name = models[0] if models else name
+    return {
+        "device": str(settings.device),
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "autocast": "bfloat16" if settings.autocast else None,
+        "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run_benchmarks(
+    size: str = "small",
+    bridges: Sequence[str] | None = None,
+    repeats: int | None = None,
+    warmup: int | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run the chosen cases (all by default) and return ``{"meta": ..., "records": [...]}``."""
+    if size not in SIZES:
+        raise ValueError(f"Unknown size '{size}'. Use one of {SIZES}.")
+    names = list(bridges) if bridges else list(CASES)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        raise ValueError(f"Unknown bridges {unknown}. Known: {sorted(CASES)}")
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    default_repeats, default_warmup = DEFAULT_REPEATS[size]
+    settings = Settings(
+        device=dev,
+        repeats=repeats if repeats is not None else default_repeats,
+        warmup=warmup if warmup is not None else default_warmup,
+        autocast=dev.type == "cuda",
+    )
+    meta = machine(settings) | {
+        "size": size,
+        "repeats": settings.repeats,
+        "warmup": settings.warmup,
+        "memory_method": memory_method(dev),
+        "parity_atol": ATOL,
+        "parity_rtol": RTOL,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    records = []
+    for name in names:
+        start = dt.datetime.now()
+        record = run_case(CASES[name](size, dev), settings)
+        record["wall_s"] = (dt.datetime.now() - start).total_seconds()
+        records.append(record)
+        if verbose:
+            print(f"  {name}: {record['wall_s']:.1f} s", file=sys.stderr, flush=True)
+    meta["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"meta": meta, "records": records}
+
+
+# ---- report ----------------------------------------------------------------------------------------------------------
+
+
+def _ms(side: dict[str, Any] | None, key: str) -> str:
+    if not side or key not in side:
+        return "-"
+    t = side[key]
+    return f"{t['median_ms']:.3g} ±{t['iqr_ms'] / 2:.2g}"
+
+
+def _mb(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.3g}"
+
+
+def _ratio(record: dict[str, Any], key: str) -> str:
+    return f"{record[key]:.2f}" if key in record else "-"
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    meta, records = result["meta"], result["records"]
+    lines = [
+        f"# Bridge benchmarks ({meta['size']})",
+        "",
+        (
+            f"{meta['device_name']} ({meta['device']}), {meta['threads']} threads, torch {meta['torch']}, transformers "
+            f"{meta['transformers']}, autocast {meta['autocast'] or 'off (float32)'}; median of {meta['repeats']} "
+            f"measurements after {meta['warmup']} warm-up calls; {meta['date']}; load average "
+            f"{_load(meta.get('load_average_start'))} at start, {_load(meta.get('load_average_end'))} at end."
+        ),
+        "",
+        (
+            "Times in ms (median ±half the inter-quartile range); ratio = ours / reference (below 1: ours is faster). "
+            "FLOPs per media item: the bridge's declaration and the `FlopCounterMode` count (SDPA as math). Peak memory "
+            f"of one fwd+bwd in MiB ({meta['memory_method']})."
+        ),
+        "",
+        (
+            "| bridge | N | params | fwd ours | fwd ref | ratio | fwd+bwd ours | fwd+bwd ref | ratio | GFLOP/media "
+            "declared / counted | fwd GFLOP/s | peak MiB ours / ref | parity (max abs diff) |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in records:
+        ours, ref = r.get("ours"), r.get("ref")
+        parity_cell = f"ok ({r['parity']['max_abs_diff']:.1e})" if "parity" in r else "no reference"
+        lines.append(
+            f"| {r['bridge']} | {r['num_media']} | {r['params'] / 1e6:.3g}M | {_ms(ours, 'fwd')} | {_ms(ref, 'fwd')} "
+            f"| {_ratio(r, 'speed_ratio_fwd')} | {_ms(ours, 'fwdbwd')} | {_ms(ref, 'fwdbwd')} "
+            f"| {_ratio(r, 'speed_ratio_fwdbwd')} | {r['declared_flops_per_media'] / 1e9:.3g} / "
+            f"{r['measured_flops_per_media'] / 1e9:.3g} ({100 * r['flops_rel_err']:+.1f}%) "
+            f"| {r['fwd_gflops_per_s']:.3g} | {_mb(ours.get('peak_mem_fwdbwd_bytes'))} / "
+            f"{_mb(ref.get('peak_mem_fwdbwd_bytes')) if ref else '-'} | {parity_cell} |"
+        )
+    lines += ["", "Timed computations and references:", ""]
+    for r in records:
+        reference = r["reference"] or f"none: {r['no_reference']}"
+        lines.append(f"- **{r['bridge']}**: {r['what']}. Reference: {reference}.")
+        if "baseline" in r:
+            base = r["baseline"]
+            extra = r["ours"]["fwd"]["median_ms"] / base["fwd"]["median_ms"] - 1
+            lines.append(f"  Baseline {base['label']}: fwd {_ms(base, 'fwd')} ms (ours adds {100 * extra:+.0f}%).")
+        for note in r["notes"]:
+            lines.append(f"  - {note}")
+    return "\n".join(lines) + "\n"
+
+
+def _load(value: Any) -> str:
+    return "n/a" if not value else "/".join(f"{v:.1f}" for v in value)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    md, js = out / "bridges.md", out / "bridges.json"
+    _atomic_write(js, json.dumps(result, indent=2, default=str) + "\n")
+    _atomic_write(md, to_markdown(result))
+    return md, js
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="small", choices=SIZES)
+    parser.add_argument("--out", default="runs/benchmarks", help="output directory (default: runs/benchmarks)")
+    parser.add_argument("--bridges", nargs="+", choices=sorted(CASES), help="cases to run (default: all)")
+    parser.add_argument("--repeats", type=int, help="timed measurements per computation")
+    parser.add_argument("--warmup", type=int, help="untimed calls before timing")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    args = parser.parse_args(argv)
+    result = run_benchmarks(args.size, args.bridges, args.repeats, args.warmup, args.device, args.threads, verbose=True)
+    md, js = write_outputs(result, args.out)
+    print(to_markdown(result))
+    print(f"wrote {md} and {js}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
