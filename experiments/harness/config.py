@@ -29,26 +29,14 @@ CONFIG_MODULE = "experiments.configs"
 
 
 @dataclass
-class LoraConfig:
-    """LoRA adapters on the LM (through ``peft``); their parameters form the group ``lm.lora``.
-
-    Defaults follow the common LLaVA-1.5 LoRA recipe scaled down (r=8 here vs 128 there; alpha = 2 r).
-    """
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-
-
-@dataclass
 class StageConfig:
     """One training stage.
 
     Attributes:
         trainable: glob patterns over the model's named parameter groups (``encoder``, ``encoder.last_k``,
             ``bridge``, ``bridge.gates``, ``lm``, ``lm.new_tokens``, ``lm.lora``); every parameter of a matched
-            group trains, every other parameter is frozen. Asserted at the stage start.
+            group trains, every other parameter is frozen. Asserted at the stage start. LoRA adapters exist when
+            the LM config asks for them (``llm.lora_rank > 0``); a stage trains them by naming ``lm.lora``.
         lr: peak learning rate of every trainable group without an entry in ``group_lr``.
         group_lr: peak learning rate per group pattern (first matching pattern wins), e.g. ``{lm: 2e-5}``.
         max_steps: optimiser steps of this stage.
@@ -58,7 +46,6 @@ class StageConfig:
         betas: AdamW betas.
         grad_clip: gradient-norm clip, ``None`` to disable.
         effective_batch_size: samples per optimiser step over all devices; ``None`` takes ``train``'s.
-        lora: add LoRA adapters to the LM at the start of this stage (they stay for later stages).
         tasks: training tasks of this stage, ``None`` for all the data's training tasks.
     """
 
@@ -72,7 +59,6 @@ class StageConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float | None = 1.0
     effective_batch_size: int | None = None
-    lora: LoraConfig | None = None
     tasks: list[str] | None = None
 
 

@@ -46,7 +46,7 @@ def flops_per_sample(
     """Per task: forward and training (forward + backward) FLOPs per sample, on ``samples`` training samples."""
     out: dict[str, dict[str, float]] = {}
     for task, items in tasks.items():
-        chosen = list(items[:samples])
+        chosen = [items[i] for i in range(min(samples, len(items)))]
         if not chosen:
             continue
         batch = collate(chosen).to(device)

@@ -1,7 +1,7 @@
 """Rebuild a trained model from its run directory alone (for notebooks and re-evaluation).
 
 ``load_run(run_dir)`` reads the resolved config from ``run.json``, rebuilds the world's frozen backbones and a
-seeded model exactly as the run did, re-adds LoRA adapters where a stage declared them, and loads the trainable
+seeded model exactly as the run did (LoRA adapters included when the LM config has them), and loads the trainable
 weights of the latest checkpoint (the last finished stage's ``final.ckpt``, else an unfinished stage's
 ``last.ckpt``).
 """
@@ -23,7 +23,6 @@ from experiments.harness.build import build_model, build_world, import_plugins
 from experiments.harness.config import RunConfig, validate_config
 from experiments.harness.module import CKPT_KEY
 from experiments.harness.rundir import RunDir
-from experiments.harness.stages import add_lora
 
 
 @dataclass
@@ -80,10 +79,6 @@ def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
     stages = list(config.stages)
     stage, path = latest_checkpoint(rd, stages)
     if path is not None:
-        for name in stages[: stages.index(stage) + 1]:  # type: ignore[arg-type]
-            lora = config.stages[name].lora
-            if lora is not None:
-                add_lora(model, lora)
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from encoders.registry import ConfigError
-from experiments.harness.config import LoraConfig, StageConfig
+from experiments.harness.config import StageConfig
 
 
 class FreezeError(RuntimeError):
@@ -120,39 +120,8 @@ def resolve_lr(group: str, stage: StageConfig) -> float:
     return float(stage.lr)
 
 
-def add_lora(model: nn.Module, lora: LoraConfig) -> None:
-    """Add LoRA adapters (peft) to the model's LM once; a no-op when it already has them.
-
-    A model may provide ``add_lora(r, alpha, dropout, target_modules)``; otherwise the adapters are injected in place
-    into the HF model at ``model.lm.model`` with ``peft.inject_adapter_in_model``, so parameter names gain
-    ``lora_A``/``lora_B`` and land in the group ``lm.lora``.
-    """
-    if hasattr(model, "add_lora"):
-        model.add_lora(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules))
-        return
-    hf_model = getattr(getattr(model, "lm", None), "model", None)
-    if not isinstance(hf_model, nn.Module):
-        raise ConfigError(f"{type(model).__name__} has neither add_lora() nor an HF model at .lm.model; no LoRA stage.")
-    if any("lora_" in name for name, _ in hf_model.named_parameters()):
-        return
-    try:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import inject_adapter_in_model
-    except ImportError as err:
-        raise ConfigError("A LoRA stage needs peft: pip install 'bridgelab[lora]'") from err
-    config = PeftLoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
-    )
-    try:
-        inject_adapter_in_model(config, hf_model)
-    except ValueError as err:
-        raise ConfigError(f"stage lora.target_modules {list(lora.target_modules)} do not fit this LM: {err}") from None
-
-
 def apply_stage(model: nn.Module, name: str, stage: StageConfig) -> StagePlan:
     """Freeze everything, unfreeze the stage's groups, and return the plan (with the table)."""
-    if stage.lora is not None:
-        add_lora(model, stage.lora)
     groups = model_param_groups(model)
     for pattern in stage.group_lr:
         match_groups([pattern], groups, f"stages.{name}.group_lr")
@@ -161,7 +130,7 @@ def apply_stage(model: nn.Module, name: str, stage: StageConfig) -> StagePlan:
     if len(empty) == len(trainable):
         raise ConfigError(
             f"'stages.{name}.trainable' selects only empty groups ({', '.join(empty)}). "
-            "For lm.lora set stages.<stage>.lora; for encoder.last_k set the encoder's unfreeze_last_k."
+            "For lm.lora set llm.lora_rank > 0; for encoder.last_k set the encoder's unfreeze_last_k."
         )
     model.requires_grad_(False)
     for group in trainable:
