@@ -57,6 +57,16 @@ SPLITS: dict[str, tuple[int, str]] = {  # split -> (stream id, digit pool)
     "pretrain": (3, "train"),  # backbone pretraining streams (vision and LM)
 }
 SLOT = f"{MEDIA_OPEN} {IMAGE_TOKEN} {MEDIA_CLOSE}"
+DESCRIPTIONS: dict[str, str] = {
+    "attribute": "colour or shape of one object (coarse semantics)",
+    "count": "how many identical shapes, 1-4 (counting)",
+    "spatial": "which quadrant an object is in (spatial layout)",
+    "fine_detail": "which small tinted digit is shown (fine detail: MMFuser, Eagle)",
+    "compare": "do two images show the same colour, yes/no balanced (multi-image, NLVR2-like)",
+    "distractor": "colour of the target-tagged image among N (many images: mPLUG-Owl3)",
+    "video_motion": "which way a shape moves over the frames (video)",
+    "interleaved": "answer about the last of several image-question-answer turns (interleaved: Flamingo)",
+}
 
 
 @dataclass(frozen=True)

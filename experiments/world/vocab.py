@@ -13,8 +13,12 @@ offline. ``<image>`` is THE media placeholder and is registered as a special tok
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 IMAGE_TOKEN = "<image>"
@@ -67,6 +71,8 @@ def build_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:
     ``tokenizer(text)`` prepends ``<bos>``; it never appends ``<eos>`` (training code appends the answer and
     ``<eos>`` itself). Left padding is the default because generation batches need it.
     """
+    from transformers import PreTrainedTokenizerFast
+
     core = Tokenizer(models.WordLevel(VOCAB, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.post_processor = processors.TemplateProcessing(

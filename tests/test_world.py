@@ -1,0 +1,319 @@
+"""The embedded world: determinism, answers consistent with the pixels, tokenizer, caching, tiny pretraining steps."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.world import TASKS, TaskOptions, build_tokenizer, generate_samples, make_task_dataset
+from experiments.world.backbones import (
+    WorldBackbones, build_world_backbones, cache_root, cached_build, config_hash, tiny_config,
+)  # fmt: skip
+from experiments.world.ceilings import baselines, task_report
+from experiments.world.pretrain_lm import LMPretrainConfig, build_lm, document_loss, encode_documents
+from experiments.world.pretrain_vision import ClipModel, PictureStream, VitPretrainConfig, caption_ids, create_vit
+from experiments.world.render import PALETTE
+from experiments.world.scenes import WorldConfig
+from experiments.world.tasks import fill_captions, text_only_prompt
+from experiments.world.vocab import COLOURS, DIRECTIONS, IMAGE_TOKEN, NUMBER_WORDS, VOCAB, encode_words
+
+TINY_OPTIONS = TaskOptions(distractor_n=3, interleaved_turns=2, video_frames=3)
+
+
+def object_mask(image: torch.Tensor, background: tuple[float, float, float]) -> torch.Tensor:
+    """Pixels clearly off the background, ``(H, W)`` bool (noise sigma is 0.03)."""
+    return (image - torch.tensor(background).view(3, 1, 1)).abs().amax(0) > 0.25
+
+
+# ---- data -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", TASKS)
+def test_samples_are_deterministic_and_well_formed(task: str) -> None:
+    a = make_task_dataset(task, "train", 6, seed=3, options=TINY_OPTIONS)
+    b = make_task_dataset(task, "train", 6, seed=3, options=TINY_OPTIONS)
+    c = make_task_dataset(task, "train", 6, seed=4, options=TINY_OPTIONS)
+    for i in range(len(a)):
+        sa, sb = a[i], b[i]
+        assert sa["text"] == sb["text"] and sa["answer"] == sb["answer"]
+        assert all(torch.equal(x, y) for x, y in zip(sa["images"], sb["images"], strict=True))
+        assert sa["text"].count(IMAGE_TOKEN) == len(sa["images"]) == sa["meta"]["n_images"]
+        assert sa["answer"] in sa["meta"]["choices"] and sa["meta"]["task"] == task
+        for img in sa["images"]:
+            assert img.dtype == torch.float32 and 0.0 <= img.min() and img.max() <= 1.0
+            assert img.shape[-3:] == (3, 32, 32) and img.dim() == (4 if task == "video_motion" else 3)
+        encode_words(text_only_prompt(sa) + " " + sa["answer"])  # every word is in the closed vocabulary
+    assert any(not torch.equal(a[i]["images"][0], c[i]["images"][0]) for i in range(len(a)))
+    val = make_task_dataset(task, "val", 6, seed=3, options=TINY_OPTIONS)
+    assert [s.text + s.answer for s in val.samples] != [s.text + s.answer for s in a.samples] or not torch.equal(
+        val.pixels(32), a.pixels(32)
+    )
+
+
+def test_count_answer_equals_objects_drawn() -> None:
+    ds = make_task_dataset("count", "test", 24, seed=0)
+    for i, s in enumerate(ds):
+        media = ds.samples[i].media[0]
+        mask = object_mask(s["images"][0], media.frames[0].background)
+        quadrants = [mask[:16, :16], mask[:16, 16:], mask[16:, :16], mask[16:, 16:]]
+        drawn = sum(int(q.sum() > 10) for q in quadrants)
+        assert NUMBER_WORDS[drawn] == s["answer"] == NUMBER_WORDS[len(media.frames[0].objects)]
+
+
+def test_colour_and_position_answers_match_the_pixels() -> None:
+    ds = make_task_dataset("attribute", "test", 16, seed=1, options=TaskOptions(attribute_qtypes=["colour"]))
+    where = make_task_dataset("spatial", "test", 16, seed=1)
+    for s, raw in zip(ds, ds.samples):
+        mask = object_mask(s["images"][0], raw.media[0].frames[0].background)
+        mean_rgb = s["images"][0][:, mask].mean(1).numpy()
+        assert COLOURS[int(np.abs(PALETTE - mean_rgb).sum(1).argmin())] == s["answer"]
+    for s, raw in zip(where, where.samples):
+        ys, xs = object_mask(s["images"][0], raw.media[0].frames[0].background).nonzero(as_tuple=True)
+        vertical = "top" if ys.float().mean() < 16 else "bottom"
+        horizontal = "left" if xs.float().mean() < 16 else "right"
+        assert s["answer"] == f"{vertical} {horizontal}"
+
+
+def test_compare_is_balanced_and_correct() -> None:
+    options = TaskOptions(compare_qtypes=["same_colour", "same_shape"])
+    samples = generate_samples("compare", "train", 50, seed=0, options=options)
+    answers = [s.answer for s in samples]
+    assert answers.count("yes") == 25 and answers.count("no") == 25
+    for s in samples:
+        key = "colour" if s.meta["qtype"] == "same_colour" else "shape"
+        first, second = (m.facts[key] for m in s.media)
+        assert (first == second) == (s.answer == "yes")
+
+
+def test_video_direction_follows_the_frames() -> None:
+    ds = make_task_dataset("video_motion", "test", 12, seed=2, options=TaskOptions(video_frames=4))
+    for s, raw in zip(ds, ds.samples):
+        frames = s["images"][0]
+        centres = []
+        for frame, pic in zip(frames, raw.media[0].frames, strict=True):
+            ys, xs = object_mask(frame, pic.background).nonzero(as_tuple=True)
+            centres.append((xs.float().mean().item(), ys.float().mean().item()))
+        dx, dy = centres[-1][0] - centres[0][0], centres[-1][1] - centres[0][1]
+        expected = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        assert s["answer"] == expected and s["answer"] in DIRECTIONS
+        assert all(b != a for a, b in zip(centres, centres[1:]))  # it moves every frame
+
+
+def test_distractor_tags_one_target_and_scales_to_400_images() -> None:
+    for s in generate_samples("distractor", "test", 3, seed=0, options=TaskOptions(distractor_n=400)):
+        assert s.text.count(IMAGE_TOKEN) == len(s.media) == 400 and s.text.count("target") == 2  # tag + question
+        assert s.answer == COLOURS[s.media[s.meta["target"]].facts["colour"]]
+        assert s.meta["image_answers"][s.meta["target"]] == s.answer
+    ds = make_task_dataset("distractor", "test", 2, seed=0, options=TaskOptions(distractor_n=64))
+    assert ds.pixels(32).shape == (128, 1, 3, 32, 32) and len(ds[1]["images"]) == 64
+
+
+def test_interleaved_asks_about_the_last_image() -> None:
+    for s in generate_samples("interleaved", "test", 20, seed=0, options=TaskOptions(interleaved_turns=3)):
+        assert s.text.count(IMAGE_TOKEN) == 3 and s.text.endswith("answer :")
+        assert s.meta["image_answers"][-1] == s.answer
+        assert s.text.count("answer :") == 3  # two answered turns, one open
+
+
+def test_fine_detail_uses_disjoint_digit_instances_for_train_and_test() -> None:
+    rows = {split: {s.media[0].frames[0].objects[0].digit_row for s in generate_samples("fine_detail", split, 60)}
+            for split in ("train", "test")}  # fmt: skip
+    assert rows["train"] and rows["test"] and not rows["train"] & rows["test"]
+    s = generate_samples("fine_detail", "test", 1)[0]
+    assert s.answer == NUMBER_WORDS[s.media[0].frames[0].objects[0].digit]
+
+
+def test_several_resolutions_draw_the_same_scene() -> None:
+    ds = make_task_dataset("fine_detail", "test", 4, seed=0, image_sizes=(32, 64))
+    s = ds[0]
+    small, large = s["images_by_size"][32][0], s["images_by_size"][64][0]
+    assert small.shape == (3, 32, 32) and large.shape == (3, 64, 64) and s["images"][0] is not large
+    pooled = torch.nn.functional.avg_pool2d(large[None], 2)[0]
+    assert (pooled - small).abs().mean() < 0.05  # same scene: only noise and anti-aliasing differ
+
+
+def test_text_only_prompt_and_baselines() -> None:
+    assert fill_captions(f"x {IMAGE_TOKEN} y {IMAGE_TOKEN}", ["a", "b"]) == "x a y b"
+    with pytest.raises(ValueError, match="2 <image> placeholders but 1 captions"):
+        fill_captions(f"{IMAGE_TOKEN} {IMAGE_TOKEN}", ["a"])
+    compare = generate_samples("compare", "test", 40)
+    assert baselines(compare) == {"chance": 0.5, "majority": 0.5, "random_image": None}
+    distract = generate_samples("distractor", "test", 40, options=TaskOptions(distractor_n=4))
+    expected = np.mean([np.mean([a == s.answer for a in s.meta["image_answers"]]) for s in distract])
+    level = baselines(distract)
+    assert level["random_image"] == pytest.approx(expected) and level["random_image"] >= 0.25
+    assert level["chance"] == pytest.approx(1 / 6)
+    report = task_report(None, generate_samples("attribute", "test", 30))
+    assert set(report["per_qtype"]) == {"colour", "shape"} and "text_ceiling" not in report
+
+
+def test_unknown_names_fail_clearly() -> None:
+    with pytest.raises(ValueError, match="Unknown task 'colours'.*attribute"):
+        generate_samples("colours", "train", 1)
+    with pytest.raises(ValueError, match="Unknown split 'dev'"):
+        generate_samples("count", "dev", 1)
+    with pytest.raises(KeyError, match="'zebra' is not in the world vocabulary"):
+        encode_words("a zebra")
+
+
+# ---- tokenizer --------------------------------------------------------------------------------------------------
+def test_tokenizer_round_trip(tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = build_tokenizer()
+    sample = generate_samples("compare", "train", 1)[0]
+    text = f"{sample.text} {sample.answer}"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids.count(tok.convert_tokens_to_ids(IMAGE_TOKEN)) == 2
+    assert ids[1:] == encode_words(text) and tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=False) == f"<bos> {text}"
+    assert tok.decode(tok(f"red{tok.eos_token}", add_special_tokens=False)["input_ids"]) == "red <eos>"
+    assert IMAGE_TOKEN in tok.all_special_tokens
+    assert tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}) == 0  # adapters add nothing
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text)["input_ids"] == ids and len(again) == len(VOCAB) and again.padding_side == "left"
+    batch = again(["red", "a red circle"], padding=True)
+    assert batch["input_ids"][0][:2] == [tok.pad_token_id] * 2  # left padding
+
+
+# ---- pretraining steps ------------------------------------------------------------------------------------------
+def test_a_few_contrastive_steps_lower_the_loss() -> None:
+    from open_clip.loss import ClipLoss
+
+    cfg = VitPretrainConfig(model_kwargs={**VitPretrainConfig().model_kwargs, "depth": 1}, text_layers=1)
+    model = ClipModel(create_vit(cfg), cfg)
+    images, media = PictureStream({"object": 1.0}, 0, WorldConfig(), 32, "pretrain", 0).batch(24)
+    ids = caption_ids([m.caption for m in media])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(6):
+        loss = ClipLoss()(model.encode_image(images), model.encode_text(ids), model.logit_scale.exp())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_a_few_lm_steps_lower_the_answer_loss() -> None:
+    cfg = LMPretrainConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+    model = build_lm(cfg)
+    batch = encode_documents(generate_samples("attribute", "train", 16))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss, _ = document_loss(model, *batch, answer_weight=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+
+
+# ---- caching ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory) -> WorldBackbones:
+    torch.manual_seed(0)
+    return build_world_backbones(tiny_config(), cache_dir=tmp_path_factory.mktemp("world"))
+
+
+def test_tiny_build_writes_loadable_backbones(tiny_world: WorldBackbones) -> None:
+    from encoders import build_encoder
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    from safetensors.torch import load_file
+
+    assert all(tiny_world.built.values()) and set(tiny_world.quality) == {"vit", "expert", "lm"}
+    for name in ("vit", "expert"):
+        spec = tiny_world.encoder_spec(name)
+        encoder = build_encoder(spec)
+        saved = load_file(spec["pretrained"])
+        own = encoder.model.state_dict()
+        assert all(torch.equal(own[k], v) for k, v in saved.items() if k in own)
+        x = torch.rand(2, 3, spec["image_size"], spec["image_size"])
+        assert encoder(x, [-1]).last.shape[0] == 2
+    quality = json.loads((Path(tiny_world.dirs["vit"]) / "quality.json").read_text())
+    assert "object_96way" in quality["zero_shot_retrieval"]
+    lm = LlamaForCausalLM.from_pretrained(tiny_world.lm_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_world.lm_dir)
+    assert lm.config.vocab_size == len(tok) == len(VOCAB) and lm.config.tie_word_embeddings
+    assert {"perplexity", "text_qa", "gate_passed"} <= set(tiny_world.quality["lm"])
+
+
+def test_second_build_loads_from_the_cache_and_hash_follows_config(tiny_world: WorldBackbones) -> None:
+    root = os.path.dirname(tiny_world.dirs["vit"])
+    again = build_world_backbones(tiny_config(), cache_dir=root)
+    assert not any(again.built.values()) and again.dirs == tiny_world.dirs and again.quality == tiny_world.quality
+    changed = tiny_config(lm=LMPretrainConfig(steps=5, single_steps=2, batch_size=8, eval_per_qtype=2,
+                                              max_extra_rounds=0, tasks=["attribute"]))  # fmt: skip
+    assert config_hash("lm", changed) != config_hash("lm", tiny_config())
+    assert config_hash("vit", changed) == config_hash("vit", tiny_config())
+    assert config_hash("vit", tiny_config(world=WorldConfig(noise_std=0.05))) != config_hash("vit", tiny_config())
+    third = build_world_backbones(changed, cache_dir=root)
+    assert third.built == {"vit": False, "expert": False, "lm": True} and third.dirs["lm"] != tiny_world.dirs["lm"]
+
+
+def test_cache_writes_are_atomic(tmp_path) -> None:
+    def crash(tmp, final) -> None:
+        (tmp / "vit.safetensors").write_text("half written")
+        raise RuntimeError("killed mid-build")
+
+    with pytest.raises(RuntimeError, match="killed mid-build"):
+        cached_build(tmp_path, "vit-abc", crash)
+    assert not (tmp_path / "vit-abc").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    (tmp_path / "vit-abc").mkdir()  # a leftover without quality.json counts as incomplete and is replaced
+
+    def good(tmp, final) -> None:
+        (tmp / "quality.json").write_text("{}")
+
+    path, built = cached_build(tmp_path, "vit-abc", good)
+    assert built and (path / "quality.json").is_file()
+    assert cached_build(tmp_path, "vit-abc", crash) == (path, False)  # complete: never rebuilt
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("BRIDGELAB_CACHE", str(tmp_path / "env"))
+    assert cache_root() == tmp_path / "env" / "world"
+    assert cache_root(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.delenv("BRIDGELAB_CACHE")
+    assert cache_root().parts[-3:] == (".cache", "bridgelab", "world")
+
+
+def test_resolve_specs_fills_in_world_backbones(tiny_world: WorldBackbones) -> None:
+    encoder, llm = tiny_world.resolve_specs({"world": "vit", "unfreeze_last_k": 1}, {"world": "lm", "freeze": True})
+    assert encoder == {**tiny_world.vit_spec, "unfreeze_last_k": 1}
+    assert llm == {"name": "hf", "pretrained": tiny_world.lm_dir, "chat_template": "none", "freeze": True}
+    pair, same = tiny_world.resolve_specs({"vit": {"world": "vit"}, "expert": "world:expert"}, {"name": "tiny_llama"})
+    assert pair == {"vit": tiny_world.vit_spec, "expert": tiny_world.expert_spec} and same == {"name": "tiny_llama"}
+    with pytest.raises(ValueError, match="choose 'vit' or 'expert'"):
+        tiny_world.resolve_specs({"world": "clip"}, None)
+
+
+def test_world_lm_loads_through_the_llm_adapter(tiny_world: WorldBackbones) -> None:
+    from llm_adapters import build_lm as build_adapter
+
+    adapter = build_adapter(tiny_world.llm_spec())
+    assert adapter.template.name == "none"
+    assert adapter.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == VOCAB[IMAGE_TOKEN]
+    assert adapter.model.get_input_embeddings().weight.shape[0] == len(VOCAB)
+
+
+def test_world_data_source_builds_task_data(tiny_world: WorldBackbones) -> None:
+    from experiments.harness.data import DATA_SOURCES
+
+    entry, config = DATA_SOURCES.make_config(
+        {"name": "world", "tasks": ["attribute", "distractor"], "train_size": 6, "eval_size": 5,
+         "options": {"distractor_n": 2}, "eval_options": {"distractor_n": 3}}  # fmt: skip
+    )
+    data = entry.cls(config, tiny_world).build(seed=1)
+    assert set(data.train) == set(data.eval) == {"attribute", "distractor"}
+    assert len(data.train["distractor"][0]["images"]) == 2 and len(data.eval["distractor"][0]["images"]) == 3
+    assert all(s["meta"]["text_ceiling"] in (0.0, 1.0) for s in data.eval["attribute"])
+    info = data.info["distractor"]
+    assert info["chance"] == pytest.approx(1 / 6) and 0 <= info["text_ceiling"] <= 1 and info["random_image"] > 0
+    other_seed = entry.cls(config, tiny_world).build(seed=2)
+    assert other_seed.eval["attribute"][0]["text"] == data.eval["attribute"][0]["text"]  # fixed evaluation pool
+    assert not torch.equal(other_seed.train["attribute"][0]["images"][0], data.train["attribute"][0]["images"][0])
