@@ -371,15 +371,24 @@ ANALYSE_SWEEP = [
         seeds with the budget (visual tokens, trainable parameters, FLOPs, throughput, memory) next to the score.
 
         Set `SWEEP_DIR` to analyse a sweep you already ran (e.g. `runs/quick_ablation` after `make demo`). Left at
-        `None`, the notebook first runs a tiny sweep itself through the real harness (`experiments.run`, the same
-        code path as `bridgelab train`): two bridges x two seeds on a small data set defined below, in about a
-        minute on a laptop CPU.
+        `None`, the notebook first runs a small sweep itself through the real harness (`experiments.run`, the same
+        code path as `bridgelab train`, configs composed from `experiments/configs/` by Hydra), two bridges x two
+        seeds, on one of two data sets (`DATA`):
+
+        * `"colours"` (default, about a minute on a laptop CPU from a fresh checkout): a small data source defined in
+          this notebook, with a tiny random encoder and LM;
+        * `"world"`: the embedded world of `make demo`, with its frozen pretrained ViT (+ ConvNeXt expert for Eagle)
+          and LM. `WORLD = "default"` reuses the backbones `make demo` cached (building them the first time takes
+          minutes); `"tiny"` builds throwaway ones in seconds (for tests: they have barely learned anything).
         """
     ),
     params(
         r"""
-        SWEEP_DIR = None  # an existing sweep to analyse; None = run the tiny sweep below first
-        RUN_DIR = "analyse_sweep_runs"  # where the tiny sweep writes its runs
+        SWEEP_DIR = None  # an existing sweep to analyse; None = run the small sweep below first
+        DATA = "colours"  # "colours" (defined below) | "world" (the embedded world of `make demo`)
+        WORLD = "default"  # with DATA="world": a world/ config ("default" as `make demo`, "tiny" for tests)
+        WORLD_CACHE = None  # where world backbones are cached; None = the default ($BRIDGELAB_CACHE or ~/.cache)
+        RUN_DIR = "analyse_sweep_runs"  # where the sweep writes its runs
         PLOTS_DIR = "analyse_sweep_plots"
         BRIDGE_NAMES = ["mlp", "perceiver"]
         SEEDS = [0, 1]
@@ -407,20 +416,21 @@ ANALYSE_SWEEP = [
     ),
     md(
         r"""
-        ## 1. A tiny sweep through the harness (skipped when `SWEEP_DIR` is set)
+        ## 1. A small sweep through the harness (skipped when `SWEEP_DIR` is set)
 
-        The data: 16x16 pictures of a coloured square, two tasks: `colour` (one image, which colour?) and
+        The `colours` data: 16x16 pictures of a coloured square, two tasks: `colour` (one image, which colour?) and
         `same_colour` (two images, the same colour? yes/no). It is registered as a data source named `nb_colours`,
         exactly as a user's own data source would be (a module listed in the config's `plugins` registers it on
         import; here the notebook's kernel is that module).
 
-        The encoder and LM are tiny and random (the embedded world's pretrained backbones take minutes to build the
-        first time), so stage `align` trains the bridge **and** the LM here; with a frozen random LM nothing can be
-        learned (DESIGN.md). Everything else is the harness's default path: stages with asserted freezing,
-        checkpoints, generation-based evaluation, `efficiency.json`. Rerunning the cell skips finished runs.
+        With `colours` the encoder and LM are tiny and random, so stage `align` trains the bridge **and** the LM; a
+        frozen random LM learns nothing (DESIGN.md). At the default 150 steps both bridges learn `colour` (exact
+        match near 1.0, chance 0.25) while `same_colour`, which needs the two images compared, stays near chance:
+        the kind of gap the table is for. With `world` the stage is the config's own `align` (bridge and new token
+        rows only, encoder and LM frozen and pretrained), on the world's `attribute` and `compare` tasks.
 
-        At the default 150 steps both bridges learn `colour` (exact match near 1.0, chance 0.25) while
-        `same_colour`, which needs the two images compared, stays near chance: the kind of gap the table is for.
+        Everything else is the harness's default path: stages with asserted freezing, checkpoints, evaluation by
+        generation, `efficiency.json`. Rerunning the cell skips finished runs.
         """
     ),
     code(
@@ -495,45 +505,50 @@ ANALYSE_SWEEP = [
     ),
     code(
         r'''
+        from omegaconf import OmegaConf
+
         from bridges.presets import get_preset
 
 
         def bridge_spec(name: str) -> dict:
-            """The bridge at its ``tiny`` preset size (bridges/presets.py); the paper sizes are the config defaults."""
+            """The bridge at its ``tiny`` preset size (bridges/presets.py) rather than the config's paper sizes."""
             fields = dict(get_preset(name, "tiny").overrides)
             fields.pop("pixel_unshuffle", None)  # keyed by the preset's expert names
             return {"name": name, **fields}
 
 
-        def encoder_spec(name: str):
-            """A tiny CLIP tower, plus a tiny ConvNeXt expert for a bridge that mixes experts (Eagle)."""
-            if len(get_preset(name, "tiny").io.encoders) > 1:
-                return {"clip": "tiny_clip", "convnext": "tiny_convnet"}
-            return "tiny_clip"
-
-
         def run_config(bridge: str, seed: int) -> dict:
-            """A complete run config (the same keys as experiments/configs/config.yaml), validated by the harness."""
-            return {
-                "name": f"{bridge}-seed{seed}",
-                "seed": seed,
-                "encoder": encoder_spec(bridge),
-                "llm": "tiny_llama",
-                "bridge": bridge_spec(bridge),
-                "data": {"name": "nb_colours", "n_train": N_TRAIN, "n_eval": N_EVAL},
-                "stages": {
-                    "align": {
-                        "trainable": ["bridge*", "lm", "lm.new_tokens"],
-                        "lr": 3e-3,
-                        "max_steps": STEPS,
-                        "warmup_ratio": 0.1,
-                    }
-                },
-                "train": {"effective_batch_size": BATCH_SIZE, "log_every_n_steps": 2, "checkpoint_every_n_steps": 0},
-                "trainer": {"loggers": [], "progress_bar": False},
-                "eval": {"batch_size": 32, "max_new_tokens": 3},
-                "efficiency": {"skip_steps": 2},
-            }
+            """The run's config, composed by Hydra from experiments/configs/ as ``bridgelab train`` would, then edited."""
+            overrides = [
+                f"bridge={bridge}",
+                f"seed={seed}",
+                f"name={bridge}-seed{seed}",
+                f"stages.align.max_steps={STEPS}",
+                f"train.effective_batch_size={BATCH_SIZE}",
+                "train.log_every_n_steps=2",
+                "train.checkpoint_every_n_steps=0",
+                "trainer.loggers=[]",
+                "trainer.progress_bar=false",
+                "eval.max_new_tokens=3",
+                "efficiency.skip_steps=2",
+            ]
+            if DATA == "world":
+                overrides += [f"world={WORLD}", "data=world", f"data.train_size={N_TRAIN}", f"data.eval_size={N_EVAL}"]
+            cfg = OmegaConf.to_container(experiments.compose(overrides), resolve=True)
+            cfg["bridge"].update(bridge_spec(bridge))
+            multi_expert = len(get_preset(bridge, "tiny").io.encoders) > 1
+            if DATA == "world":  # the world's pretrained backbones, frozen by the config's align stage
+                cfg["encoder"] = {"vit": {"world": "vit"}, "expert": {"world": "expert"}} if multi_expert else {"world": "vit"}
+                cfg["llm"] = {"world": "lm"}
+                if WORLD_CACHE is not None:
+                    cfg["world"]["cache_dir"] = str(WORLD_CACHE)
+                return cfg
+            cfg["encoder"] = {"clip": "tiny_clip", "convnext": "tiny_convnet"} if multi_expert else "tiny_clip"
+            cfg["llm"] = "tiny_llama"
+            cfg["world"] = None
+            cfg["data"] = {"name": "nb_colours", "n_train": N_TRAIN, "n_eval": N_EVAL}
+            cfg["stages"]["align"].update(trainable=["bridge*", "lm", "lm.new_tokens"], lr=3e-3, warmup_ratio=0.1)
+            return cfg
 
 
         import logging
@@ -636,7 +651,7 @@ ANALYSE_SWEEP = [
             for record in RunDir(run_dir).read_predictions(task)[:3]:
                 print(f"{task:>12}: {record['prompt']!r:38} answer {record['answer']!r:8} predicted {record['prediction']!r}")
 
-        if SWEEP_DIR == RUN_DIR:  # we know this data: ask the rebuilt model about pictures it has never seen
+        if SWEEP_DIR == RUN_DIR and DATA == "colours":  # ask the rebuilt model about pictures it has never seen
             fresh = colour_samples(6, 16, seed=12345, pairs=False)
             answers = loaded.answer(fresh)
             print("fresh pictures:", [(s["answer"], a) for s, a in zip(fresh, answers)])

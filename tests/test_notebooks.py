@@ -86,24 +86,46 @@ def test_quickstart(tmp_path: Path) -> None:
         assert (tmp_path / "out" / figure).stat().st_size > 1000, figure
 
 
-def test_analyse_sweep(tmp_path: Path) -> None:
-    nb = execute(
-        "02_analyse_sweep.ipynb",
-        'SWEEP_DIR = None\nRUN_DIR = "runs"\nPLOTS_DIR = "plots"\nBRIDGE_NAMES = ["mlp", "perceiver"]\n'
-        "SEEDS = [0, 1]\nSTEPS = 4\nBATCH_SIZE = 8\nN_TRAIN, N_EVAL = 16, 4\n",
-        tmp_path,
-    )
-    runs = sorted(p.parent.name for p in (tmp_path / "runs").glob("*/run.json"))
-    assert runs == ["mlp-seed0", "mlp-seed1", "perceiver-seed0", "perceiver-seed1"]
-    for run in runs:
+SWEEP_PARAMETERS = """
+SWEEP_DIR = None
+DATA = {data!r}
+WORLD = "tiny"
+WORLD_CACHE = "world_cache"
+RUN_DIR = "runs"
+PLOTS_DIR = "plots"
+BRIDGE_NAMES = {bridges!r}
+SEEDS = {seeds!r}
+STEPS = 4
+BATCH_SIZE = 8
+N_TRAIN, N_EVAL = 16, 4
+"""
+
+
+@pytest.mark.parametrize(
+    "data, bridges, seeds, tasks",
+    [
+        ("colours", ["mlp", "perceiver"], [0, 1], ["colour", "same_colour"]),
+        ("world", ["eagle", "flamingo"], [0], ["attribute", "compare"]),  # the tiny world, built in tmp_path
+    ],
+)
+def test_analyse_sweep(tmp_path: Path, data: str, bridges: list[str], seeds: list[int], tasks: list[str]) -> None:
+    nb = execute("02_analyse_sweep.ipynb", SWEEP_PARAMETERS.format(data=data, bridges=bridges, seeds=seeds), tmp_path)
+    expected = sorted(f"{b}-seed{s}" for b in bridges for s in seeds)
+    assert sorted(p.parent.name for p in (tmp_path / "runs").glob("*/run.json")) == expected
+    for run in expected:
         record = json.loads((tmp_path / "runs" / run / "run.json").read_text())
         assert record["status"] == "finished", (run, record.get("error"))
+        assert record["seed"] == int(run[-1])
+    if data == "world":
+        config = json.loads((tmp_path / "runs" / "eagle-seed0" / "run.json").read_text())["config"]
+        assert config["encoder"] == {"vit": {"world": "vit"}, "expert": {"world": "expert"}}
+        assert (tmp_path / "world_cache").is_dir()
 
     summary = (tmp_path / "plots" / "summary.md").read_text().splitlines()
     assert summary[0].startswith("| bridge | task | exact_match | seeds |")
-    rows = [line.split(" | ")[:2] for line in summary[2:]]
-    assert sorted(r[0].strip("| ") for r in rows) == ["mlp", "mlp", "perceiver", "perceiver"]
-    assert all(" ± " in line for line in summary[2:])
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in summary[2:]]
+    assert sorted((c[0], c[1]) for c in cells) == sorted((b, t) for b in bridges for t in tasks)
+    assert all(" ± " in c[2] and c[3] == str(len(seeds)) for c in cells)
     for plot in (
         "exact_match_vs_visual_tokens_per_media.png",
         "exact_match_vs_train_samples_per_s.png",
@@ -113,7 +135,7 @@ def test_analyse_sweep(tmp_path: Path) -> None:
 
     text = stdout(nb)
     assert "weights from runs/" in text and "final.ckpt" in text  # load_run rebuilt a trained model
-    assert "fresh pictures: [(" in text
+    assert ("fresh pictures: [(" in text) == (data == "colours")
 
 
 if __name__ == "__main__":  # pragma: no cover
