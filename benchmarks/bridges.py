@@ -46,7 +46,7 @@ _MLP = size_table(
     "dv dlm grid n",
     tiny=(32, 64, 4, 2),
     small=(512, 1024, 16, 4),
-    medium=(1024, 2048, 24, 4),
+    medium=(1024, 2048, 24, 1),
 )
 
 
@@ -76,8 +76,6 @@ def mlp_case(size: str, device: torch.device) -> Case:
         run_ours=lambda: bridge(feats),
         num_media=s["n"],
         declared_flops_per_media=bridge.flops_per_media(),
-        run_flops=lambda: bridge(feats),
-        flops_media=s["n"],
         reference=ref,
         run_reference=lambda: ref(x),
         reference_name="transformers LlavaMultiModalProjector",
@@ -88,7 +86,7 @@ _QFORMER = size_table(
     "hidden layers heads ffn queries dv grid dlm n instr",
     tiny=(32, 2, 4, 64, 8, 48, 4, 64, 2, 5),
     small=(256, 4, 4, 1024, 32, 384, 16, 512, 4, 16),
-    medium=(768, 6, 12, 3072, 32, 1024, 16, 2048, 4, 24),
+    medium=(768, 4, 12, 3072, 32, 1024, 16, 2048, 2, 24),
 )
 
 
@@ -149,8 +147,6 @@ def _qformer_case(size: str, device: torch.device, instruct: bool) -> Case:
         run_ours=lambda: bridge(feats, instruction=instruction),
         num_media=n,
         declared_flops_per_media=bridge.flops_per_media(instruction_len=s["instr"] if instruct else 0),
-        run_flops=lambda: bridge(feats, instruction=instruction),
-        flops_media=n,
         reference=reference,
         run_reference=run_reference,
         reference_name=f"transformers {model_cls.__name__} + query tokens (+ ln_vision, projection)",
@@ -172,7 +168,7 @@ _PERCEIVER = size_table(
     "dim depth heads dim_head latents grid dlm n",
     tiny=(32, 1, 2, 16, 8, 4, 64, 2),
     small=(384, 2, 6, 64, 32, 16, 512, 4),
-    medium=(1024, 3, 8, 64, 64, 16, 2048, 4),
+    medium=(1024, 2, 8, 64, 64, 16, 2048, 2),
 )
 
 
@@ -200,8 +196,6 @@ def perceiver_case(size: str, device: torch.device) -> Case:
         run_ours=lambda: bridge(feats),
         num_media=s["n"],
         declared_flops_per_media=bridge.flops_per_media(),
-        run_flops=lambda: bridge(feats),
-        flops_media=s["n"],
         reference=bundle({"resampler": ref, "projector": bridge.projector}),
         run_reference=lambda: bridge.projector(ref(x)),
         reference_name="transformers IdeficsPerceiverResampler (+ our projector, shared)",
@@ -213,7 +207,7 @@ _EAGLE = size_table(
     "experts dlm n",
     tiny=([("a", 32, 4, 1), ("b", 8, 8, 2), ("c", 16, 2, 1)], 64, 2),
     small=([("clip", 384, 16, 1), ("sam", 64, 32, 2), ("conv", 512, 12, 1)], 1024, 2),
-    medium=([("clip", 1024, 24, 1), ("sam", 256, 48, 2), ("conv", 1536, 16, 1)], 2048, 2),
+    medium=([("clip", 1024, 16, 1), ("sam", 256, 32, 2), ("conv", 1536, 12, 1)], 2048, 2),
 )
 
 
@@ -240,8 +234,6 @@ def eagle_case(size: str, device: torch.device) -> Case:
         run_ours=lambda: bridge(feats),
         num_media=s["n"],
         declared_flops_per_media=bridge.flops_per_media(),
-        run_flops=lambda: bridge(feats),
-        flops_media=s["n"],
         no_reference="Eagle (NVlabs/EAGLE) has no installable package and no transformers model",
     )
 
@@ -250,7 +242,7 @@ _MMFUSER = size_table(
     "width layers heads points grid dlm n",
     tiny=(32, 8, 4, 2, 4, 64, 2),
     small=(384, 8, 8, 4, 16, 1024, 2),
-    medium=(1024, 12, 16, 4, 16, 2048, 2),
+    medium=(1024, 12, 16, 4, 16, 2048, 1),
 )
 
 
@@ -313,8 +305,6 @@ def mmfuser_case(size: str, device: torch.device) -> Case:
         run_ours=lambda: bridge(feats),
         num_media=n,
         declared_flops_per_media=bridge.flops_per_media(),
-        run_flops=lambda: bridge(feats),
-        flops_media=n,
         reference=bundle(
             {
                 "cross": cross_ref,

@@ -26,8 +26,8 @@ class Case:
         run_ours: the timed forward; returns one tensor.
         num_media: media items (images) in one timed call.
         declared_flops_per_media: the bridge's :meth:`flops_per_media`.
-        run_flops: the computation whose counted FLOPs, divided by ``flops_media``, must match the declaration.
-        flops_media: media items processed by ``run_flops``.
+        run_flops: the computation (over ``num_media`` items) whose counted FLOPs per media item must match the
+            declaration; ``None``: ``run_ours`` (prefix bridges; inject bridges count ``encode`` and their K/V).
         reference / run_reference / reference_name: the installed reference (same weights, same inputs), or None.
         no_reference: why there is no reference, when there is none.
         flop_mapping: extra ``FlopCounterMode`` formulas (``grid_sample`` for MMFuser).
@@ -41,8 +41,7 @@ class Case:
     run_ours: Callable[[], torch.Tensor]
     num_media: int
     declared_flops_per_media: int
-    run_flops: Callable[[], Any]
-    flops_media: int
+    run_flops: Callable[[], Any] | None = None
     reference: nn.Module | None = None
     run_reference: Callable[[], torch.Tensor] | None = None
     reference_name: str = ""
@@ -107,5 +106,9 @@ def bundle(modules: dict[str, nn.Module], params: dict[str, nn.Parameter] | None
 
 
 def attn_impl(module: nn.Module) -> str:
-    config = getattr(module, "config", None)
-    return str(getattr(config, "_attn_implementation", None) or "n/a")
+    """The attention implementation transformers dispatches to in ``module`` (the first submodule with a config)."""
+    for sub in module.modules():
+        impl = getattr(getattr(sub, "config", None), "_attn_implementation", None)
+        if impl:
+            return str(impl)
+    return "n/a"

@@ -28,7 +28,7 @@ _FLAMINGO = size_table(
     "dim heads ffn dv latents batch text media perceiver grid",
     tiny=(64, 4, 96, 32, 8, 2, 16, 2, (1, 2, 16), 4),
     small=(512, 8, 1408, 384, 32, 2, 256, 2, (2, 6, 64), 16),
-    medium=(1024, 16, 2816, 1024, 64, 2, 512, 2, (2, 8, 64), 16),
+    medium=(1024, 16, 2816, 1024, 64, 2, 256, 2, (2, 8, 64), 16),
 )
 
 
@@ -98,7 +98,6 @@ def flamingo_case(size: str, device: torch.device) -> Case:
         num_media=b * m,
         declared_flops_per_media=bridge.flops_per_media(),
         run_flops=run_flops,
-        flops_media=b * m,
         reference=ref,
         run_reference=lambda: ref(
             y, image_hidden_states=media, image_attention_mask=additive, cross_attention_gate=gate
@@ -118,7 +117,7 @@ _HYPER = size_table(
     "dim heads kv_heads ffn dv grid batch text media",
     tiny=(64, 4, 2, 96, 32, 4, 2, 16, 2),
     small=(512, 8, 2, 1408, 384, 12, 2, 256, 2),
-    medium=(1024, 16, 4, 2816, 1024, 16, 2, 512, 2),
+    medium=(1024, 16, 4, 2816, 1024, 16, 2, 256, 2),
 )
 
 
@@ -175,7 +174,6 @@ def hyper_attention_case(size: str, device: torch.device) -> Case:
         num_media=b * m,
         declared_flops_per_media=bridge.flops_per_media(),
         run_flops=run_flops,
-        flops_media=b * m,
         no_reference="mPLUG-Owl3 has no installed implementation (no transformers model, no PyPI package)",
         baseline=(
             "bare Qwen2 layer (no images)",

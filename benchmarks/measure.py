@@ -2,7 +2,8 @@
 
 * Time: :class:`torch.utils.benchmark.Timer` (it synchronises CUDA), after ``warmup`` calls; each of ``repeats``
   measurements runs the call ``number`` times, with ``number`` chosen from the warm-up so that one measurement lasts
-  about ``min_block_s``; the report gives the median and the inter-quartile range of the per-call times.
+  about ``min_block_s``; the report gives the median and the inter-quartile range of the per-call times. Calls
+  that are compared (ours and the reference) are measured interleaved, since the machine's load drifts.
 * FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` under ``sdpa_kernel(SDPBackend.MATH)``, since the CPU
   flash-attention kernel is not counted (its math decomposition is).
 * Peak memory: on CUDA the rise of ``max_memory_allocated`` over the allocation before the call; on CPU the peak of
@@ -75,19 +76,44 @@ def forward_backward(fn: Call) -> Call:
     return run
 
 
-def time_call(fn: Call, settings: Settings) -> dict[str, Any]:
-    """Median and inter-quartile range of the per-call wall time, in milliseconds."""
+def time_calls(fns: dict[str, Call], settings: Settings) -> dict[str, dict[str, Any]]:
+    """Median and inter-quartile range of each call's wall time, in milliseconds.
 
+    The calls are measured interleaved (a measurement of each in turn, the order reversed every round), so that a
+    change of the machine's load during the run affects them alike and their ratio stays meaningful.
+    """
+    timers, numbers = {}, {}
+    for name, fn in fns.items():
+        timers[name] = timer = Timer(
+            "call()", globals={"call": _in_precision(fn, settings)}, num_threads=torch.get_num_threads()
+        )
+        first = timer.timeit(1).median  # also the first warm-up call
+        for _ in range(max(0, settings.warmup - 1)):
+            first = min(first, timer.timeit(1).median)
+        numbers[name] = max(1, int(settings.min_block_s / max(first, 1e-6)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for _ in range(max(1, settings.repeats)):
+        for name in order:
+            times[name].append(timers[name].timeit(numbers[name]).median)
+        order.reverse()
+    return {name: _summary(values, numbers[name]) for name, values in times.items()}
+
+
+def time_call(fn: Call, settings: Settings) -> dict[str, Any]:
+    """:func:`time_calls` for one call."""
+    return time_calls({"call": fn}, settings)["call"]
+
+
+def _in_precision(fn: Call, settings: Settings) -> Call:
     def call() -> None:
         with precision(settings):
             fn()
 
-    timer = Timer("call()", globals={"call": call}, num_threads=torch.get_num_threads())
-    first = timer.timeit(1).median  # also the first warm-up call
-    for _ in range(max(0, settings.warmup - 1)):
-        first = min(first, timer.timeit(1).median)
-    number = max(1, int(settings.min_block_s / max(first, 1e-6)))
-    times = [timer.timeit(number).median for _ in range(max(1, settings.repeats))]
+    return call
+
+
+def _summary(times: list[float], number: int) -> dict[str, Any]:
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {
         "median_ms": 1e3 * statistics.median(times),

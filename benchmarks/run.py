@@ -38,11 +38,11 @@ from benchmarks.measure import (
     param_count,
     parity,
     peak_memory_bytes,
-    time_call,
+    time_calls,
 )
 
 #: (repeats, warmup) per size.
-DEFAULT_REPEATS = {"tiny": (1, 1), "small": (5, 2), "medium": (5, 2)}
+DEFAULT_REPEATS = {"tiny": (1, 1), "small": (7, 2), "medium": (5, 1)}
 ATOL = RTOL = 1e-4
 FLOP_TOLERANCE = 0.10
 
@@ -61,17 +61,26 @@ def _has_trainable(module: torch.nn.Module | None) -> bool:
     return module is not None and any(p.requires_grad for p in module.parameters())
 
 
-def _side(case: Case, which: str, settings: Settings) -> dict[str, Any]:
-    """Time and memory of one side (``ours`` or ``reference``)."""
-    module, fn = (case.ours, case.run_ours) if which == "ours" else (case.reference, case.run_reference)
-    assert fn is not None
-    out: dict[str, Any] = {"fwd": time_call(forward(fn), settings)}
-    out["peak_mem_fwd_bytes"] = peak_memory_bytes(forward(fn), settings)
-    if _has_trainable(module):
-        out["fwdbwd"] = time_call(forward_backward(fn), settings)
+def _measure(case: Case, settings: Settings) -> dict[str, dict[str, Any]]:
+    """Times (interleaved across the sides) and peak memory of ours, the reference and the baseline."""
+    sides = {"ours": (case.ours, case.run_ours)}
+    if case.run_reference is not None:
+        sides["ref"] = (case.reference, case.run_reference)
+    out: dict[str, dict[str, Any]] = {name: {} for name in sides}
+    fwd = {name: forward(fn) for name, (_, fn) in sides.items()}
+    if case.baseline is not None:
+        fwd["baseline"] = forward(case.baseline[1])
+    for name, timing in time_calls(fwd, settings).items():
+        out.setdefault(name, {})["fwd"] = timing
+    trainable = {name: fn for name, (module, fn) in sides.items() if _has_trainable(module)}
+    for name, timing in time_calls({n: forward_backward(fn) for n, fn in trainable.items()}, settings).items():
+        out[name]["fwdbwd"] = timing
+    for name, (module, fn) in sides.items():
         _zero_grad(module)
-        out["peak_mem_fwdbwd_bytes"] = peak_memory_bytes(forward_backward(fn), settings)
-        _zero_grad(module)
+        out[name]["peak_mem_fwd_bytes"] = peak_memory_bytes(forward(fn), settings)
+        if name in trainable:
+            out[name]["peak_mem_fwdbwd_bytes"] = peak_memory_bytes(forward_backward(fn), settings)
+            _zero_grad(module)
     return out
 
 
@@ -95,28 +104,28 @@ def run_case(case: Case, settings: Settings) -> dict[str, Any]:
         if not check["matched"]:
             raise ParityError(f"{case.name}: ours and the reference ({case.reference_name}) differ: {check}")
     # FLOPs: the declaration per media item against the counter
-    measured = count_flops(case.run_flops, case.flop_mapping) / case.flops_media
+    timed_flops = count_flops(case.run_ours, case.flop_mapping)
+    counted = timed_flops if case.run_flops is None else count_flops(case.run_flops, case.flop_mapping)
+    measured = counted / case.num_media
     declared = case.declared_flops_per_media
     record.update(
         declared_flops_per_media=declared,
         measured_flops_per_media=measured,
         flops_rel_err=(declared - measured) / measured if measured else float("nan"),
-        timed_flops=count_flops(case.run_ours, case.flop_mapping),
+        timed_flops=timed_flops,
     )
     if case.run_reference is not None:
         record["ref_timed_flops"] = count_flops(case.run_reference, case.flop_mapping)
     # time and memory
-    ours = _side(case, "ours", settings)
-    record["ours"] = ours
-    if case.run_reference is not None:
-        ref = _side(case, "reference", settings)
-        record["ref"] = ref
+    measured_sides = _measure(case, settings)
+    ours = record["ours"] = measured_sides["ours"]
+    if "ref" in measured_sides:
+        ref = record["ref"] = measured_sides["ref"]
         record["speed_ratio_fwd"] = ours["fwd"]["median_ms"] / ref["fwd"]["median_ms"]
         if "fwdbwd" in ours and "fwdbwd" in ref:
             record["speed_ratio_fwdbwd"] = ours["fwdbwd"]["median_ms"] / ref["fwdbwd"]["median_ms"]
     if case.baseline is not None:
-        label, fn = case.baseline
-        record["baseline"] = {"label": label, "fwd": time_call(forward(fn), settings)}
+        record["baseline"] = {"label": case.baseline[0], **measured_sides["baseline"]}
     record["fwd_gflops_per_s"] = record["timed_flops"] / (ours["fwd"]["median_ms"] * 1e6)
     return record
 
