@@ -67,6 +67,7 @@ QUICKSTART = [
     code(
         r"""
         import os
+        import time
         from pathlib import Path
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: every component is built from config
@@ -222,8 +223,6 @@ QUICKSTART = [
     ),
     code(
         r"""
-        import time
-
         models, rows = {}, []
         for name in list_bridges():
             m = build(name)
