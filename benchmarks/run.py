@@ -3,10 +3,10 @@
 Usage::
 
     python -m benchmarks.run [--size tiny|small|medium] [--out DIR] [--bridges mlp qformer ...]
-                             [--repeats N] [--warmup N] [--threads N] [--device auto|cpu|cuda]
+                             [--repeats N] [--warmup N] [--threads N] [--device auto|cpu|cuda] [--bf16]
 
 Writes ``<out>/bridges.md`` (the table printed to stdout) and ``<out>/bridges.json`` (every record and the machine),
-both atomically. On CUDA the timed calls run under bf16 autocast; the parity check (reference and ours on the same
+both atomically. On CUDA (or with ``--bf16``) the timed calls run under bf16 autocast; the parity check (reference and ours on the same
 weights and inputs, float32, eval mode) and the FLOP counts always run in float32. A parity failure stops the run:
 speeds of different computations are not comparable.
 """
@@ -51,10 +51,9 @@ class ParityError(AssertionError):
     """Ours and the reference disagree, so their timings would not compare equal computations."""
 
 
-def _zero_grad(*modules: torch.nn.Module | None) -> None:
-    for module in modules:
-        if module is not None:
-            module.zero_grad(set_to_none=True)
+def _zero_grad(module: torch.nn.Module | None) -> None:
+    if module is not None:
+        module.zero_grad(set_to_none=True)
 
 
 def _has_trainable(module: torch.nn.Module | None) -> bool:
@@ -164,9 +163,13 @@ def run_benchmarks(
     warmup: int | None = None,
     device: str = "auto",
     threads: int | None = None,
+    bf16: bool | None = None,
     verbose: bool = False,
 ) -> dict[str, Any]:
-    """Run the chosen cases (all by default) and return ``{"meta": ..., "records": [...]}``."""
+    """Run the chosen cases (all by default) and return ``{"meta": ..., "records": [...]}``.
+
+    ``bf16``: time under bfloat16 autocast; ``None`` = on CUDA only. Parity and FLOPs always run in float32.
+    """
     if size not in SIZES:
         raise ValueError(f"Unknown size '{size}'. Use one of {SIZES}.")
     names = list(bridges) if bridges else list(CASES)
@@ -183,7 +186,7 @@ def run_benchmarks(
         device=dev,
         repeats=repeats if repeats is not None else default_repeats,
         warmup=warmup if warmup is not None else default_warmup,
-        autocast=dev.type == "cuda",
+        autocast=dev.type == "cuda" if bf16 is None else bf16,
     )
     meta = machine(settings) | {
         "size": size,
@@ -305,8 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, help="untimed calls before timing")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    parser.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, help="time under bf16 autocast (default: on CUDA only)"
+    )
     args = parser.parse_args(argv)
-    result = run_benchmarks(args.size, args.bridges, args.repeats, args.warmup, args.device, args.threads, verbose=True)
+    result = run_benchmarks(
+        args.size, args.bridges, args.repeats, args.warmup, args.device, args.threads, args.bf16, verbose=True
+    )
     md, js = write_outputs(result, args.out)
     print(to_markdown(result))
     print(f"wrote {md} and {js}", file=sys.stderr)
