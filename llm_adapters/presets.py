@@ -145,4 +145,6 @@ def preset_config_class(name: str, values: dict[str, Any]) -> type:
 
 
 for _name, _values in PRESETS.items():
-    LLMS.register(_name, preset_config_class(_name, _values))(LMAdapter)
+    _cls = preset_config_class(_name, _values)
+    globals()[_cls.__name__] = _cls  # importable by name, so configs pickle (ddp_spawn, DataLoader workers)
+    LLMS.register(_name, _cls)(LMAdapter)
