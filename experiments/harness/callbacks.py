@@ -32,13 +32,17 @@ class JsonlLogger(Logger):
         self.run_dir = run_dir
         self.stage = stage
         self.step_offset = step_offset
+        previous = read_jsonl(run_dir.metrics_file)
         self._records = [
             r
-            for r in read_jsonl(run_dir.metrics_file)
+            for r in previous
             if r.get("stage") not in later_stages and not (r.get("stage") == stage and r.get("step", 0) >= resume_step)
         ]
-        self._dirty = True
+        # Only a process that dropped or logged records writes the file: the parent of a ddp_spawn run must not
+        # overwrite what its rank-0 child wrote.
+        self._dirty = len(self._records) != len(previous)
         self._last_flush = 0.0
+        self.flush()
 
     @property
     def name(self) -> str:
@@ -149,9 +153,10 @@ class Throughput(Callback):
         self._count += 1
         elapsed = time.perf_counter() - self._t0
         if elapsed > 0:
-            rate = self._count * self.samples / elapsed
-            self.result["samples_per_s"] = rate
-            pl_module.log("perf/samples_per_s", rate, logger=False, rank_zero_only=True)
+            self.result["samples_per_s"] = self._count * self.samples / elapsed
+            self.result.update(peak_memory_mb())
+            for key, value in self.result.items():  # callback_metrics come back from ddp_spawn children
+                pl_module.log(f"perf/{key}", value, logger=False, rank_zero_only=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.result["train_time_s"] = time.perf_counter() - self._start

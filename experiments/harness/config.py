@@ -41,7 +41,8 @@ class StageConfig:
         group_lr: peak learning rate per group pattern (first matching pattern wins), e.g. ``{lm: 2e-5}``.
         max_steps: optimiser steps of this stage.
         warmup_ratio: share of ``max_steps`` with linear warm-up (LLaVA uses 0.03), then cosine decay.
-        min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
+        warmup_steps: warm-up length in steps; when set it replaces ``warmup_ratio`` (BLIP-2: 2000).
+        min_lr_ratio: the cosine decays to ``lr * min_lr_ratio`` (1.0 = constant after warm-up, OpenFlamingo).
         weight_decay: AdamW decay on matrices (biases and norms never decay).
         betas: AdamW betas.
         grad_clip: gradient-norm clip, ``None`` to disable.
@@ -54,6 +55,7 @@ class StageConfig:
     group_lr: dict[str, float] = field(default_factory=dict)
     max_steps: int = 100
     warmup_ratio: float = 0.03
+    warmup_steps: int | None = None
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])

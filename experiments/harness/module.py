@@ -128,7 +128,7 @@ class BridgeLitModule(L.LightningModule):
         stage = self.stage
         groups = optimizer_groups(self.model, self.plan, stage.weight_decay)
         optimizer = torch.optim.AdamW(groups, betas=tuple(stage.betas))  # type: ignore[arg-type]
-        warmup = int(round(stage.warmup_ratio * stage.max_steps))
+        warmup = stage.warmup_steps if stage.warmup_steps is not None else int(round(stage.warmup_ratio * stage.max_steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, stage.max_steps, warmup, stage.min_lr_ratio)
         )

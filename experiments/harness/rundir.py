@@ -35,6 +35,9 @@ EFFICIENCY_FILE = "efficiency.json"
 EVAL_DIR = "eval"
 CHECKPOINT_DIR = "checkpoints"
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 STATUS_RUNNING = "running"
 STATUS_FINISHED = "finished"
 STATUS_FAILED = "failed"
@@ -69,6 +72,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)

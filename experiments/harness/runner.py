@@ -8,6 +8,7 @@ evaluate by generation per task; write ``efficiency.json``; record ``finished`` 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -268,12 +269,20 @@ def _evaluate(
         {}, tasks, eval_collate, eval_collate, micro_batch_size=1, seed=run.seed,
         eval_batch_size=run.eval.batch_size, num_workers=run.train.num_workers, eval_limit=run.eval.limit,
     )
-    world = world_size_of(run.trainer)
+    # Every DDP rank holds the whole model, so rank 0 alone evaluates (no process spawning per task); only sharded
+    # models (FSDP) generate with all ranks.
+    sharded = run.trainer.strategy.startswith("fsdp")
+    world = world_size_of(run.trainer) if sharded else 1
+    if not sharded and not is_global_zero():
+        return {}
+    eval_run = run if sharded else dataclasses.replace(
+        run, trainer=dataclasses.replace(run.trainer, devices=1, num_nodes=1, strategy="auto")
+    )
     metrics: dict[str, Any] = {}
     for task, dataset in datamodule.eval_sets.items():
         collector = PredictionCollector(rd.eval_dir(task))
         trainer = build_trainer(
-            run, max_steps=0, plan=BatchPlan(1, 1, 1, world), callbacks=[collector], model=module.model
+            eval_run, max_steps=0, plan=BatchPlan(1, 1, 1, world), callbacks=[collector], model=module.model
         )
         trainer.predict(module, dataloaders=datamodule.eval_dataloader(task), return_predictions=False)
         if not is_global_zero():
