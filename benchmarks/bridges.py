@@ -71,7 +71,7 @@ def mlp_case(size: str, device: torch.device) -> Case:
     x = feats["vision"].hidden[0]
     return Case(
         name="mlp",
-        what=f"mlp2x_gelu over {s['grid'] ** 2} patches x {s['n']} images, {s['dv']} -> {s['dlm']}",
+        what=f"mlp2x_gelu over {s['grid'] ** 2} patches x {s['n']} image(s), {s['dv']} -> {s['dlm']}",
         ours=bridge,
         run_ours=lambda: bridge(feats),
         num_media=s["n"],
@@ -141,7 +141,7 @@ def _qformer_case(size: str, device: torch.device, instruct: bool) -> Case:
     extra = f", instruction {s['instr']} tokens" if instruct else ""
     return Case(
         name=name,
-        what=f"{s['layers']}-layer Q-Former d={s['hidden']}, {q} queries x {n} images of "
+        what=f"{s['layers']}-layer Q-Former d={s['hidden']}, {q} queries x {n} image(s) of "
         f"{s['grid'] ** 2 + 1} tokens{extra}",
         ours=bridge,
         run_ours=lambda: bridge(feats, instruction=instruction),
@@ -190,7 +190,7 @@ def perceiver_case(size: str, device: torch.device) -> Case:
     x = feats["vision"].hidden[0]
     return Case(
         name="perceiver",
-        what=f"{s['depth']}-layer resampler d={s['dim']}, {s['latents']} latents x {s['n']} images of "
+        what=f"{s['depth']}-layer resampler d={s['dim']}, {s['latents']} latents x {s['n']} image(s) of "
         f"{s['grid'] ** 2} patches, linear -> {s['dlm']}",
         ours=bridge,
         run_ours=lambda: bridge(feats),
@@ -229,7 +229,7 @@ def eagle_case(size: str, device: torch.device) -> Case:
     return Case(
         name="eagle",
         what=f"{experts} -> {bridge.grid[0]}^2 grid, concat {sum(bridge.widths)}ch -> mlp2x_gelu -> {s['dlm']}, "
-        f"x {s['n']} images",
+        f"x {s['n']} image(s)",
         ours=bridge,
         run_ours=lambda: bridge(feats),
         num_media=s["n"],
@@ -300,7 +300,7 @@ def mmfuser_case(size: str, device: torch.device) -> Case:
     return Case(
         name="mmfuser",
         what=f"fuser d={s['width']} ({levels} levels + self step, {s['heads']} heads x {s['points']} points) on "
-        f"{s['grid'] ** 2} patches -> mlp2x_gelu -> {s['dlm']}, x {n} images",
+        f"{s['grid'] ** 2} patches -> mlp2x_gelu -> {s['dlm']}, x {n} image(s)",
         ours=bridge,
         run_ours=lambda: bridge(feats),
         num_media=n,
