@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import os
 import statistics
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -151,14 +152,34 @@ def peak_memory_bytes(fn: Call, settings: Settings) -> int | None:
         return None
     from torch.profiler import ProfilerActivity, profile
 
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep kineto's start/stop chatter off stderr
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, precision(settings):
-        fn()
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _stderr_silenced():  # kineto logs every start and stop on the C stderr
+        prof.start()
+    try:
+        with precision(settings):
+            fn()
+    finally:
+        with _stderr_silenced():
+            prof.stop()
     events = prof.profiler.kineto_results.events() if prof.profiler is not None else []
     allocations = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
     if not allocations:
         return None
     return max(0, max(itertools.accumulate(n for _, n in allocations)))
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null (C-level logging included) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def parity(ours: torch.Tensor, reference: torch.Tensor, atol: float, rtol: float) -> dict[str, Any]:
