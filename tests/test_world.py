@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from encoders.registry import ConfigError
 from experiments.world import TASKS, TaskOptions, build_tokenizer, generate_samples, make_task_dataset
 from experiments.world.backbones import (
     WorldBackbones, build_world_backbones, cache_root, cached_build, config_hash, tiny_config,
@@ -64,7 +65,8 @@ def test_count_answer_equals_objects_drawn() -> None:
 
 
 def test_colour_and_position_answers_match_the_pixels() -> None:
-    ds = make_task_dataset("attribute", "test", 16, seed=1, options=TaskOptions(attribute_qtypes=["colour"]))
+    options = TaskOptions(attribute_qtypes=["colour"], attribute_kinds=["object"])
+    ds = make_task_dataset("attribute", "test", 16, seed=1, options=options)
     where = make_task_dataset("spatial", "test", 16, seed=1)
     for s, raw in zip(ds, ds.samples):
         mask = object_mask(s["images"][0], raw.media[0].frames[0].background)
@@ -288,8 +290,15 @@ def test_resolve_specs_fills_in_world_backbones(tiny_world: WorldBackbones) -> N
     assert llm == {"name": "hf", "pretrained": tiny_world.lm_dir, "chat_template": "none", "freeze": True}
     pair, same = tiny_world.resolve_specs({"vit": {"world": "vit"}, "expert": "world:expert"}, {"name": "tiny_llama"})
     assert pair == {"vit": tiny_world.vit_spec, "expert": tiny_world.expert_spec} and same == {"name": "tiny_llama"}
-    with pytest.raises(ValueError, match="choose 'vit' or 'expert'"):
+    with pytest.raises(ConfigError, match="choose 'vit' or 'expert'"):
         tiny_world.resolve_specs({"world": "clip"}, None)
+    preset = {"name": "timm_vit", "architecture": tiny_world.vit_spec["architecture"], "image_size": 32,
+              "model_kwargs": tiny_world.vit_spec["model_kwargs"], "pretrained": "world", "mean": None, "frozen": True}
+    encoder, llm = tiny_world.resolve_specs(preset, {"name": "tiny_llama", "pretrained": "world", "freeze": False})
+    assert encoder == {**tiny_world.vit_spec, "frozen": True}
+    assert llm == {**tiny_world.llm_spec(), "freeze": False}
+    with pytest.raises(ConfigError, match="model_kwargs .* differs from the world vit's"):
+        tiny_world.resolve_specs({**preset, "model_kwargs": {"depth": 2}}, None)
 
 
 def test_world_lm_loads_through_the_llm_adapter(tiny_world: WorldBackbones) -> None:

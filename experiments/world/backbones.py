@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from encoders.registry import merge_config
+from encoders.registry import ConfigError, merge_config
 from experiments.world.pretrain_lm import LMPretrainConfig, pretrain_lm
 from experiments.world.pretrain_vision import (
     ExpertPretrainConfig, VitPretrainConfig, expert_spec, pretrain_expert, pretrain_vit, vit_spec,
@@ -52,6 +53,10 @@ COMPONENTS = ("vit", "expert", "lm")
 QUALITY_FILE = "quality.json"
 LM_META_FILE = "bridgelab_lm.json"  # read by llm_adapters: the chat template of a saved LM ("none": no markup)
 WORLD_KEY = "world"  # marker key of specs that the world fills in (resolve_specs)
+# LM spec fields replaced by the world LM's own when a spec says ``pretrained: world``
+LM_ARCHITECTURE_FIELDS = (
+    "name", "pretrained", "model_type", "config", "tokenizer", "tiny_tokenizer_vocab", "chat_template",
+)  # fmt: skip
 
 
 @dataclass
@@ -90,11 +95,13 @@ def as_config(cfg: WorldBackbonesConfig | Mapping[str, Any] | None) -> WorldBack
     """A config from a dataclass, a mapping/DictConfig (strict merge: unknown keys fail with their path), or None."""
     if isinstance(cfg, WorldBackbonesConfig):
         return cfg
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
     if cfg is not None and "preset" in cfg:
         items = dict(cfg)
         preset = items.pop("preset")
         if preset != "tiny":
-            raise ValueError(f"world.preset: unknown preset '{preset}'; the only preset is 'tiny'")
+            raise ConfigError(f"world.preset: unknown preset '{preset}'; the only preset is 'tiny'")
         base = dataclasses.asdict(tiny_config())
         return merge_config(WorldBackbonesConfig, _deep_merge(base, items), path="world")
     return merge_config(WorldBackbonesConfig, cfg, path="world")
@@ -203,15 +210,21 @@ class WorldBackbones:
         """The encoder spec of ``which`` (``"vit"`` or ``"expert"``) with ``overrides`` applied."""
         spec = {"vit": self.vit_spec, "expert": self.expert_spec}.get(which, "unknown")
         if spec == "unknown":
-            raise ValueError(f"Unknown world encoder '{which}'; choose 'vit' or 'expert'")
+            raise ConfigError(f"Unknown world encoder '{which}'; choose 'vit' or 'expert'")
         if spec is None:
             raise RuntimeError(f"The world {which} was not built: add '{which}' to world.components")
         return {**spec, **overrides}
 
     def resolve_specs(self, encoder: Any, llm: Any) -> tuple[Any, Any]:
-        """Fill in specs that name a world backbone: ``{"world": "vit"|"expert", **overrides}`` for an encoder
-        (also inside a ``{name: spec}`` mapping of several encoders) and ``{"world": "lm", **overrides}`` for the
-        LM. Other specs pass through unchanged."""
+        """Fill in specs that name a world backbone; other specs pass through unchanged.
+
+        Encoder (also inside a ``{name: spec}`` mapping of several encoders, e.g. Eagle's experts):
+        ``{"world": "vit"|"expert", **overrides}``, the string ``"world:vit"``, or any spec with
+        ``pretrained: world`` / ``world:vit`` / ``world:expert`` whose architecture matches the world's (for example
+        the ``tiny_vit`` preset with ``encoder.pretrained=world``). LM: ``{"world": "lm", **overrides}``,
+        ``"world:lm"``, or a spec with ``pretrained: world`` (its architecture and tokenizer fields are dropped,
+        runtime fields such as ``freeze`` are kept).
+        """
         return self._resolve_encoder(encoder), self._resolve_llm(llm)
 
     def _resolve_encoder(self, spec: Any) -> Any:
@@ -222,6 +235,18 @@ class WorldBackbones:
         if WORLD_KEY in spec:
             rest = {k: v for k, v in spec.items() if k != WORLD_KEY}
             return self.encoder_spec(str(spec[WORLD_KEY]), **rest)
+        marker = spec.get("pretrained")
+        if isinstance(marker, str) and (marker == WORLD_KEY or marker.startswith(f"{WORLD_KEY}:")):
+            which = marker.split(":", 1)[1] if ":" in marker else "vit"
+            world = self.encoder_spec(which)
+            for key in ("name", "architecture", "model_kwargs"):
+                if key in spec and spec[key] != world[key]:
+                    raise ConfigError(
+                        f"encoder.pretrained={marker}: the spec's {key} {spec[key]!r} differs from the world {which}'s "
+                        f"{world[key]!r}. Use encoder {{world: {which}}} (or the tiny preset it was trained as)."
+                    )
+            mean_std = {k: spec.get(k) if spec.get(k) is not None else world[k] for k in ("mean", "std")}
+            return {**world, **spec, "pretrained": world["pretrained"], **mean_std}
         if "name" in spec or "preset" in spec:
             return spec
         return {name: self._resolve_encoder(sub) for name, sub in spec.items()}
@@ -229,10 +254,14 @@ class WorldBackbones:
     def _resolve_llm(self, spec: Any) -> Any:
         if isinstance(spec, str) and spec == f"{WORLD_KEY}:lm":
             return self.llm_spec()
-        if isinstance(spec, Mapping) and WORLD_KEY in spec:
+        if not isinstance(spec, Mapping):
+            return spec
+        if WORLD_KEY in spec:
             if spec[WORLD_KEY] != "lm":
-                raise ValueError(f"llm: world backbone '{spec[WORLD_KEY]}' is not an LM; use world: lm")
+                raise ConfigError(f"llm: world backbone '{spec[WORLD_KEY]}' is not an LM; use world: lm")
             return self.llm_spec(**{k: v for k, v in spec.items() if k != WORLD_KEY})
+        if spec.get("pretrained") in (WORLD_KEY, f"{WORLD_KEY}:lm"):
+            return self.llm_spec(**{k: v for k, v in spec.items() if k not in LM_ARCHITECTURE_FIELDS})
         return spec
 
     def lm(self) -> Any:

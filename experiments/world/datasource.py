@@ -10,6 +10,7 @@ pool-level reference levels and a description of each task.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,8 @@ from experiments.harness.data import DATA_SOURCES, DataSource, TaskData
 from experiments.world.ceilings import baselines, text_only_correct
 from experiments.world.scenes import WorldConfig
 from experiments.world.tasks import DESCRIPTIONS, TaskOptions, check_task, make_task_dataset
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,6 +65,14 @@ class WorldData(DataSource):
         sizes = [cfg.image_size, *[s for s in cfg.extra_image_sizes if s != cfg.image_size]]
         eval_options = merge_config(TaskOptions, {**vars(cfg.options), **cfg.eval_options}, path="data.eval_options")
         lm = self.world.lm() if (cfg.text_ceiling and self.world is not None and self.world.lm_dir) else None
+        if self.world is not None:
+            untrained = [t for t in cfg.tasks if t not in self.world.config.lm.tasks]
+            if untrained:
+                log.warning(
+                    "The world LM was not pretrained on the formats of %s (world.lm.tasks=%s): expect a low text-only "
+                    "ceiling there; add them to world.lm.tasks (and steps, see world/full.yaml).",
+                    untrained, self.world.config.lm.tasks,
+                )
         train, evaluation, info = {}, {}, {}
         for task in cfg.tasks:
             train[task] = make_task_dataset(

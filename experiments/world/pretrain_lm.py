@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ class LMPretrainConfig:
         answer_weight: weight of the extra answer-token cross-entropy.
         multi_share: share of multi-image batches after the warm-up.
         tasks: task formats in the documents (single- and multi-image ones from ``tasks.TASKS``).
+        task_weights: sampling weight of a task's batches within its pool (single / multi); default 1.
         distractor_ns: image counts of the distractor documents (one N per batch).
         spatial_objects: 1- and/or 2-object spatial documents.
         compare_qtypes: question types of the compare documents.
@@ -74,6 +76,7 @@ class LMPretrainConfig:
     answer_weight: float = 1.0
     multi_share: float = 0.6
     tasks: list[str] = field(default_factory=lambda: list(SINGLE_TASKS + MULTI_TASKS))
+    task_weights: dict[str, float] = field(default_factory=dict)
     distractor_ns: list[int] = field(default_factory=lambda: [2, 4])
     spatial_objects: list[int] = field(default_factory=lambda: [1])
     compare_qtypes: list[str] = field(default_factory=lambda: ["same_colour"])
@@ -174,7 +177,9 @@ class DocumentStream:
 
     def batch(self, warm_up: bool) -> tuple[str, list[Sample]]:
         pool = self.multi if (not warm_up and self.multi and self.rng.random() < self.cfg.multi_share) else self.single
-        task, overrides = pool[int(self.rng.integers(len(pool)))]
+        variants = Counter(task for task, _ in pool)  # a task's weight is shared by its variants (e.g. N)
+        weights = np.array([self.cfg.task_weights.get(t, 1.0) / variants[t] for t, _ in pool], dtype=float)
+        task, overrides = pool[int(self.rng.choice(len(pool), p=weights / weights.sum()))]
         options = TaskOptions(**overrides)
         return task, GENERATORS[task](self.samplers[task], options, self.cfg.batch_size)
 

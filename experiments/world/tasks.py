@@ -12,15 +12,16 @@ A sample is a dict::
 ``<img>`` ... ``</img>`` words around it frame a media slot in the text exactly as in the LM's pretraining, where
 the slot holds the caption (``meta["captions"]``) instead of visual tokens. The tokenizer prepends ``<bos>``;
 the training target is ``" " + answer`` followed by ``<eos>``. ``meta["choices"]`` lists every possible answer
-(for constrained decoding); ``meta["image_answers"]`` gives, per media item, the answer the question would have
-about that item (``None`` where it does not apply), which yields the "answer from a random image" baseline.
+(for constrained decoding); on multi-image tasks whose question could be asked of any item (distractor,
+interleaved), ``meta["image_answers"]`` gives per media item the answer about that item, which yields the "answer
+from a random image" baseline; elsewhere its entries are ``None`` (the baseline does not apply).
 
 Tasks (``TASKS``) and what they probe:
 
 =============== ======================================================================= ==================
 task            question                                                                claim probed
 =============== ======================================================================= ==================
-attribute       "what colour is it ?" / "what shape is it ?" (one shape)                coarse semantics
+attribute       "what colour is it ?" / "what shape is it ?" (shapes or a digit)        coarse semantics
 count           "how many objects are there ?" (1-4 shapes)                             counting
 spatial         "where is it ?" (1 shape) or "where is the red circle ?" (2 shapes)     spatial layout
 fine_detail     "which digit is it ?" (a small tinted digit)                            MMFuser, Eagle
@@ -108,6 +109,9 @@ class TaskOptions:
 
     Attributes:
         attribute_qtypes: question types of ``attribute`` (from "colour", "shape").
+        attribute_kinds: scene kinds of ``attribute`` (a question is only asked of kinds it applies to: no shape
+            question about a digit). Asking colour of several kinds, where the colour word sits at different caption
+            positions, makes the LM learn to find the colour word rather than a position.
         spatial_objects: 1 ("where is it ?") or 2 ("where is the red circle ?", needs binding).
         compare_qtypes: from "same_colour" (prototype: text ceiling 1.0) and "same_shape".
         distractor_n: images per ``distractor`` sample (1 target + N-1 distractors); up to 400 and beyond.
@@ -117,6 +121,7 @@ class TaskOptions:
     """
 
     attribute_qtypes: list[str] = field(default_factory=lambda: ["colour", "shape"])
+    attribute_kinds: list[str] = field(default_factory=lambda: ["object", "count", "digit"])
     spatial_objects: int = 1
     compare_qtypes: list[str] = field(default_factory=lambda: ["same_colour"])
     distractor_n: int = 4
@@ -150,7 +155,7 @@ def _single(task: str, qtype: str, media: Media) -> Sample:
     answer = QTYPES[qtype].answer(media)
     assert answer is not None, (qtype, media.kind)
     text = f"{SLOT} question : {QTYPES[qtype].question} answer :"
-    return Sample(text, answer, [media], _meta(task, qtype, [media], [answer]))
+    return Sample(text, answer, [media], _meta(task, qtype, [media], None))
 
 
 def _kind_item(sampler: SceneSampler, kind: str, **fixed: int) -> Media:
@@ -164,8 +169,13 @@ def _attribute(sampler: SceneSampler, opt: TaskOptions, n: int) -> list[Sample]:
     for q in opt.attribute_qtypes:
         if q not in ("colour", "shape"):
             raise ValueError(f"attribute_qtypes: '{q}' is not one of 'colour', 'shape'")
-    qtypes = sampler.rng.choice(opt.attribute_qtypes, size=n)
-    return [_single("attribute", str(q), sampler.object()) for q in qtypes]
+    out = []
+    for q in sampler.rng.choice(opt.attribute_qtypes, size=n):
+        kinds = [k for k in opt.attribute_kinds if q in KIND_QTYPES.get(k, ())]
+        if not kinds:
+            raise ValueError(f"attribute_kinds {opt.attribute_kinds} has no scene kind a '{q}' question applies to")
+        out.append(_single("attribute", str(q), sampler.still(str(sampler.rng.choice(kinds)))))
+    return out
 
 
 def _count(sampler: SceneSampler, opt: TaskOptions, n: int) -> list[Sample]:
