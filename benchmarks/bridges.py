@@ -18,7 +18,8 @@ case                        timed computation                                   
 ``hyper_attention``         projector + one Qwen2 layer with a HATB                  none installed
 ==========================  =======================================================  ==============================
 
-Sizes: ``tiny`` (tests), ``small`` (< ~1 min on 2 CPU cores), ``medium`` (closer to paper widths, a few layers).
+Sizes (values in the ``size_table`` of each case): ``tiny`` (the test), ``small`` (widths 256-512, ~1-2 min for all
+cases on one core), ``medium`` (widths 768-1024, a few layers, ~2.5-4 min).
 """
 
 from __future__ import annotations
