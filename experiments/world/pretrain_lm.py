@@ -4,10 +4,13 @@ A document is a task sample with the true captions in the media slots, its answe
 
     <bos> <img> a red circle at the top left </img> question : what colour is it ? answer : red <eos>
 
-The recipe is the one WORLD_PROTOTYPE.md measured to work with a 2-layer, 128-wide Llama:
+The recipe is the one WORLD_PROTOTYPE.md measured to work with a 2-layer, 128-wide Llama, tuned here:
 
 * loss = LM cross-entropy over all tokens + ``answer_weight`` x cross-entropy over the answer tokens and ``<eos>``
-  (without it, copying arrives late and run-dependently: pitfall 1);
+  (without it, copying arrives late and run-dependently: pitfall 1). The prototype used 1.0; with eight task
+  formats 3.0 learned them roughly twice as fast (every format at 1.00 by step 2000, vs colour/shape still at
+  chance after 1500 steps with 1.0);
+* per-task batch weights (``task_weights``): colour/shape lookup (attribute) and the comparison are the slow ones;
 * curriculum: ``single_steps`` steps of single-image documents only, then a mix with ``multi_share`` of
   multi-image documents (without the warm-up nothing multi-image was learned);
 * homogeneous batches: every batch holds one format (task, and N for the distractor), which keeps padding low;
@@ -38,6 +41,9 @@ from experiments.world.vocab import BOS, EOS, PAD, VOCAB, VOCAB_SIZE, encode_wor
 
 SINGLE_TASKS = ("attribute", "count", "spatial", "fine_detail", "video_motion")
 MULTI_TASKS = ("compare", "distractor", "interleaved")
+# The quick default: every single-image format the demo may use plus the measured multi-image one. All eight formats
+# need about twice the steps (experiments/configs/world/full.yaml).
+DEFAULT_TASKS = ("attribute", "count", "spatial", "fine_detail", "compare")
 
 
 @dataclass
@@ -68,22 +74,22 @@ class LMPretrainConfig:
     num_layers: int = 2
     num_heads: int = 4
     max_position_embeddings: int = 512
-    steps: int = 1500
+    steps: int = 1200
     single_steps: int = 300
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.01
-    answer_weight: float = 1.0
+    answer_weight: float = 3.0
     multi_share: float = 0.6
-    tasks: list[str] = field(default_factory=lambda: list(SINGLE_TASKS + MULTI_TASKS))
-    task_weights: dict[str, float] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    task_weights: dict[str, float] = field(default_factory=lambda: {"attribute": 3.0, "spatial": 2.0, "compare": 2.0})
     distractor_ns: list[int] = field(default_factory=lambda: [2, 4])
     spatial_objects: list[int] = field(default_factory=lambda: [1])
     compare_qtypes: list[str] = field(default_factory=lambda: ["same_colour"])
-    gate_tasks: list[str] = field(default_factory=lambda: ["attribute", "count", "spatial", "fine_detail", "compare"])
+    gate_tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     gate_threshold: float = 0.95
     eval_per_qtype: int = 200
-    extra_steps: int = 500
+    extra_steps: int = 400
     max_extra_rounds: int = 2
     seed: int = 0
 

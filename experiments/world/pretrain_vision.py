@@ -90,11 +90,11 @@ class ExpertPretrainConfig:
     architecture: str = "convnext_atto"
     model_kwargs: dict[str, Any] = field(default_factory=lambda: {"depths": [1, 1, 2, 1], "dims": [32, 64, 96, 128]})
     image_size: int = 64
-    steps: int = 200
+    steps: int = 400
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
-    kinds: dict[str, float] = field(default_factory=lambda: {"object": 0.3, "count": 0.2, "digit": 0.5})
+    kinds: dict[str, float] = field(default_factory=lambda: {"object": 0.2, "count": 0.2, "digit": 0.6})
     eval_images: int = 1000
     seed: int = 0
 
