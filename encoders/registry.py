@@ -114,8 +114,10 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def names(self) -> list[str]:
-        return sorted(self._entries)
+    def names(self, include_private: bool = False) -> list[str]:
+        """Registered names, sorted. Names starting with ``_`` (test doubles, internals) are private: usable by
+        exact name but not listed, so discovery and error messages show only real components."""
+        return sorted(n for n in self._entries if include_private or not n.startswith("_"))
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries

@@ -216,4 +216,5 @@ def test_fake_encoder_returns_requested_layers() -> None:
 
 
 def test_fake_bridges_registered() -> None:
-    assert {"_test_linear", "_test_gated"} <= set(BRIDGES.names())
+    assert {"_test_linear", "_test_gated"} <= set(BRIDGES.names(include_private=True))
+    assert not {"_test_linear", "_test_gated"} & set(BRIDGES.names())  # private: not listed
