@@ -267,12 +267,13 @@ def test_cache_writes_are_atomic(tmp_path) -> None:
         cached_build(tmp_path, "vit-abc", crash)
     assert not (tmp_path / "vit-abc").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
     (tmp_path / "vit-abc").mkdir()  # a leftover without quality.json counts as incomplete and is replaced
+    (tmp_path / ".tmp-vit-abc-killed").mkdir()  # so is the temporary directory of a killed build
 
     def good(tmp, final) -> None:
         (tmp / "quality.json").write_text("{}")
 
     path, built = cached_build(tmp_path, "vit-abc", good)
-    assert built and (path / "quality.json").is_file()
+    assert built and (path / "quality.json").is_file() and not (tmp_path / ".tmp-vit-abc-killed").exists()
     assert cached_build(tmp_path, "vit-abc", crash) == (path, False)  # complete: never rebuilt
 
 
@@ -314,9 +315,10 @@ def test_world_data_source_builds_task_data(tiny_world: WorldBackbones) -> None:
     from experiments.harness.data import DATA_SOURCES
 
     entry, config = DATA_SOURCES.make_config(
-        {"name": "world", "tasks": ["attribute", "distractor"], "train_size": 6, "eval_size": 5,
+        {"name": "experiments.world.datasource:world", "tasks": ["attribute", "distractor"], "train_size": 6, "eval_size": 5,
          "options": {"distractor_n": 2}, "eval_options": {"distractor_n": 3}}  # fmt: skip
     )
+    assert DATA_SOURCES.get("world") is entry  # the import path registered the short name
     data = entry.cls(config, tiny_world).build(seed=1)
     assert set(data.train) == set(data.eval) == {"attribute", "distractor"}
     assert len(data.train["distractor"][0]["images"]) == 2 and len(data.eval["distractor"][0]["images"]) == 3

@@ -23,8 +23,10 @@ Public API::
     train = make_task_dataset("compare", "train", 4000, seed=0)        # train[i] -> sample dict
     test = make_task_dataset("fine_detail", "test", 400, image_sizes=(32, 64))
 
-Importing this package registers the data source ``world`` (``data: {name: world, tasks: [...]}``) in
-``experiments.harness.DATA_SOURCES``. Heavy modules (timm, transformers) load on first use.
+The harness data source ``world`` is registered in ``experiments.harness.DATA_SOURCES`` when
+``experiments.world.datasource`` is imported; ``data/world.yaml`` names it by import path
+(``experiments.world.datasource:world``), so configs work without an explicit import. Heavy modules (timm,
+transformers, the harness) load on first use.
 """
 
 from __future__ import annotations
@@ -32,9 +34,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from experiments.world import datasource as _datasource  # noqa: F401  (registers the ``world`` data source)
 from experiments.world.ceilings import baselines
-from experiments.world.datasource import WorldData, WorldDataConfig
 from experiments.world.scenes import WorldConfig
 from experiments.world.tasks import (
     TASKS, Sample, TaskOptions, WorldDataset, generate_samples, make_task_dataset, text_only_prompt,
@@ -50,10 +50,12 @@ _LAZY = {
     "VitPretrainConfig": "experiments.world.pretrain_vision",
     "ExpertPretrainConfig": "experiments.world.pretrain_vision",
     "ceiling_table": "experiments.world.ceilings",
+    "WorldData": "experiments.world.datasource",  # imports the harness; registers the data source ``world``
+    "WorldDataConfig": "experiments.world.datasource",
 }
 
 __all__ = sorted(
-    [*_LAZY, "baselines", "WorldData", "WorldDataConfig", "WorldConfig", "TASKS", "Sample", "TaskOptions",
+    [*_LAZY, "baselines", "WorldConfig", "TASKS", "Sample", "TaskOptions",
      "WorldDataset", "generate_samples", "make_task_dataset", "text_only_prompt", "IMAGE_TOKEN", "VOCAB", "WORDS",
      "build_tokenizer"]
 )  # fmt: skip

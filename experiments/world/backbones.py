@@ -157,6 +157,8 @@ def cached_build(root: Path, name: str, build: Callable[[Path, Path], None]) -> 
     with _locked(root / f".{name}.lock"):
         if (final / QUALITY_FILE).is_file():  # another process finished it while we waited
             return final, False
+        for stale in root.glob(f".tmp-{name}-*"):  # left by a killed build: we hold the lock, so none is live
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
         try:
             build(tmp, final)
