@@ -286,7 +286,9 @@ def test_cache_root_precedence(monkeypatch, tmp_path) -> None:
 
 
 def test_resolve_specs_fills_in_world_backbones(tiny_world: WorldBackbones) -> None:
-    encoder, llm = tiny_world.resolve_specs({"world": "vit", "unfreeze_last_k": 1}, {"world": "lm", "freeze": True})
+    encoder, llm = tiny_world.resolve_specs(
+        {"world": "vit", "unfreeze_last_k": 1}, {"world": "lm", "freeze": True, "pretrained": "world"}
+    )
     assert encoder == {**tiny_world.vit_spec, "unfreeze_last_k": 1}
     assert llm == {"name": "hf", "pretrained": tiny_world.lm_dir, "chat_template": "none", "freeze": True}
     pair, same = tiny_world.resolve_specs({"vit": {"world": "vit"}, "expert": "world:expert"}, {"name": "tiny_llama"})

@@ -235,10 +235,9 @@ class WorldBackbones:
         if not isinstance(spec, Mapping):
             return spec
         if WORLD_KEY in spec:
-            rest = {k: v for k, v in spec.items() if k != WORLD_KEY}
-            return self.encoder_spec(str(spec[WORLD_KEY]), **rest)
+            return self.encoder_spec(str(spec[WORLD_KEY]), **_overrides(spec))
         marker = spec.get("pretrained")
-        if isinstance(marker, str) and (marker == WORLD_KEY or marker.startswith(f"{WORLD_KEY}:")):
+        if _is_marker(marker):
             which = marker.split(":", 1)[1] if ":" in marker else "vit"
             world = self.encoder_spec(which)
             for key in ("name", "architecture", "model_kwargs"):
@@ -261,7 +260,7 @@ class WorldBackbones:
         if WORLD_KEY in spec:
             if spec[WORLD_KEY] != "lm":
                 raise ConfigError(f"llm: world backbone '{spec[WORLD_KEY]}' is not an LM; use world: lm")
-            return self.llm_spec(**{k: v for k, v in spec.items() if k != WORLD_KEY})
+            return self.llm_spec(**_overrides(spec))
         if spec.get("pretrained") in (WORLD_KEY, f"{WORLD_KEY}:lm"):
             return self.llm_spec(**{k: v for k, v in spec.items() if k not in LM_ARCHITECTURE_FIELDS})
         return spec
@@ -275,6 +274,15 @@ class WorldBackbones:
                 raise RuntimeError("The world LM was not built: add 'lm' to world.components")
             self._lm = LlamaForCausalLM.from_pretrained(self.lm_dir).eval()
         return self._lm
+
+
+def _is_marker(value: Any) -> bool:
+    return isinstance(value, str) and (value == WORLD_KEY or value.startswith(f"{WORLD_KEY}:"))
+
+
+def _overrides(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a ``{"world": ...}`` spec that override the world's (a ``pretrained`` marker is not one)."""
+    return {k: v for k, v in spec.items() if k != WORLD_KEY and not (k == "pretrained" and _is_marker(v))}
 
 
 def _build_vit(cfg: WorldBackbonesConfig) -> Callable[[Path, Path], None]:
