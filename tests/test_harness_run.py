@@ -132,3 +132,21 @@ def test_a_failing_run_records_its_error(tmp_path: Path) -> None:
         run(cfg, run_dir=tmp_path)
     record = RunDir(tmp_path).read()
     assert record["status"] == "failed" and "lm.lorra" in record["error"]
+
+
+def test_cached_frozen_features_match_a_fresh_encoder(tmp_path: Path) -> None:
+    from experiments.harness import feature_cache
+
+    feature_cache.clear()
+    base = {"eval.enabled": False, "efficiency.flops": False, "stages.align.max_steps": 6}
+    plain = run(harness_toy.toy_config(**base), run_dir=tmp_path / "plain")
+    cached = run(harness_toy.toy_config(**base, **{"train.cache_features": True}), run_dir=tmp_path / "cached")
+    assert feature_cache.stats()["items"] > 0
+    got, want = _losses(RunDir(cached.run_dir)), _losses(RunDir(plain.run_dir))
+    assert [loss for *_, loss in got] == pytest.approx([loss for *_, loss in want], rel=1e-4)
+    assert RunDir(cached.run_dir).read_efficiency()["feature_cache"] is True
+    assert RunDir(plain.run_dir).read_efficiency()["feature_cache"] is False
+    items = feature_cache.stats()["items"]
+    run(harness_toy.toy_config(**base, **{"train.cache_features": True, "seed": 1}), run_dir=tmp_path / "again")
+    assert feature_cache.stats()["items"] > items  # seed 1 draws other samples: new images were encoded and kept
+    feature_cache.clear()

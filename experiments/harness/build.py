@@ -26,6 +26,11 @@ def _key(*parts: Any) -> str:
     return json.dumps([to_container(p) for p in parts], sort_keys=True, default=str)
 
 
+def spec_key(*parts: Any) -> str:
+    """A stable string naming resolved specs (for caches keyed by what was built)."""
+    return _key(*parts)
+
+
 def memoised(kind: str, key: str, make: Callable[[], Any]) -> Any:
     """``make()`` once per process for each ``(kind, key)``."""
     if (kind, key) not in _MEMO:
@@ -86,7 +91,15 @@ def build_model(run: RunConfig, world: Any = None) -> Any:
     from llm_adapters.multimodal_lm import build_multimodal_lm
 
     encoder, bridge, llm = component_specs(run, world)
-    return build_multimodal_lm(encoder, bridge, llm)
+    try:
+        return build_multimodal_lm(encoder, bridge, llm)
+    except ConfigError as err:
+        if "'bridge." in str(err):
+            raise ConfigError(
+                f"{err} (Switching bridge.name on the command line keeps the default option's fields; drop them with "
+                f"'~bridge +bridge.name=NAME', or select a YAML option with bridge=OPTION.)"
+            ) from None
+        raise
 
 
 def collators(model: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:

@@ -59,9 +59,13 @@ class JsonlLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         step = int(step or 0)
-        record = {"stage": self.stage, "step": step, "global_step": self.step_offset + step, "time": time.time()}
-        record.update({k: float(v) for k, v in metrics.items()})
-        self._records.append(record)
+        values = {k: float(v) for k, v in metrics.items()}
+        last = self._records[-1] if self._records else {}
+        if last.get("stage") == self.stage and last.get("step") == step:  # e.g. the LR monitor, then the loss
+            last.update(values)
+        else:
+            record = {"stage": self.stage, "step": step, "global_step": self.step_offset + step, "time": time.time()}
+            self._records.append({**record, **values})
         self._dirty = True
         if time.monotonic() - self._last_flush > 1.0:
             self.flush()

@@ -75,6 +75,8 @@ class TrainConfig:
         num_workers: DataLoader workers (0 keeps everything in the main process).
         checkpoint_every_n_steps: save ``last.ckpt`` every n optimiser steps (0: only at the stage end).
         log_every_n_steps: training scalars go to the loggers and ``metrics.jsonl`` every n steps.
+        cache_features: reuse frozen encoder features across steps and across the runs of one process
+            (``experiments/harness/feature_cache.py``; single CPU process only; recorded in efficiency.json).
     """
 
     effective_batch_size: int = 32
@@ -82,6 +84,7 @@ class TrainConfig:
     num_workers: int = 0
     checkpoint_every_n_steps: int = 0
     log_every_n_steps: int = 10
+    cache_features: bool = False
 
 
 @dataclass

@@ -102,6 +102,8 @@ def summarise(
         "train_samples_per_s": last.get("samples_per_s"),
         "peak_memory_mb": max(mem) if mem else None,
         "memory_kind": "cuda_allocated" if any("peak_gpu_mem_mb" in v for v in stage_perf.values()) else "cpu_rss",
+        # samples/s measured with frozen encoder features reused (bridge + LM cost only)
+        "feature_cache": any(v.get("feature_cache") for v in stage_perf.values()),
         "bridge": bridge_summary(model),
         "flops_per_sample_by_task": dict(flops or {}),
         "stages": {

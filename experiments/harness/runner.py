@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import traceback
+from contextlib import nullcontext
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ from omegaconf import DictConfig
 
 from encoders.registry import ConfigError
 from experiments.harness import build as _build
-from experiments.harness.build import build_data, build_model, build_world, import_plugins
+from experiments.harness import feature_cache
+from experiments.harness.build import build_data, build_model, build_world, component_specs, import_plugins
 from experiments.harness.callbacks import AtomicCheckpoint, JsonlLogger, PredictionCollector, Throughput
 from experiments.harness.callbacks import save_checkpoint_atomic
 from experiments.harness.config import RunConfig, config_dict, config_diff, config_hash, semantic_config
@@ -141,6 +143,7 @@ def _execute(run: RunConfig, rd: RunDir) -> dict[str, Any]:
     L.seed_everything(run.seed, workers=True, verbose=False)  # model init independent of data memoisation
     model = build_model(run, world)
     train_collate, eval_collate = _build.collators(model)
+    cache_identity = (_build.spec_key(component_specs(run, world)[0]),)
     resolved = config_dict(run)
     zero = is_global_zero()
     if zero:
@@ -187,7 +190,7 @@ def _execute(run: RunConfig, rd: RunDir) -> dict[str, Any]:
             if ckpt:
                 log.info("Stage '%s': resuming from %s (step %d)", name, last, resume_step)
             stage_perf[name] = _fit_stage(run, rd, module, data, stage, bplan, name, names[i + 1 :], offset,
-                                          ckpt, resume_step, train_collate, eval_collate)
+                                          ckpt, resume_step, train_collate, eval_collate, cache_identity)
         record["perf"] = stage_perf[name]
         stage_records.append(record)
         if zero:
@@ -227,6 +230,7 @@ def _fit_stage(
     resume_step: int,
     train_collate: Any,
     eval_collate: Any,
+    cache_identity: tuple[Any, ...] = (),
 ) -> dict[str, Any]:
     jsonl = JsonlLogger(rd, name, offset, resume_step, tuple(later))
     datamodule = BridgeDataModule(
@@ -249,15 +253,18 @@ def _fit_stage(
         run, max_steps=stage.max_steps, plan=bplan, grad_clip=stage.grad_clip, callbacks=callbacks,
         loggers=loggers, model=module.model,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=False)
+    use_cache = run.train.cache_features and bplan.world_size == 1
+    with feature_cache.cached_encoders(module.model, cache_identity) if use_cache else nullcontext(False) as cached:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=False)
     save_checkpoint_atomic(trainer, rd.final_checkpoint(name))
     jsonl.flush()
     if trainer.is_global_zero and rd.last_checkpoint(name).exists():
         rd.last_checkpoint(name).unlink()
-    perf = dict(throughput.result)
+    perf: dict[str, Any] = dict(throughput.result)
     for key, value in trainer.callback_metrics.items():  # what comes back from spawned processes
         if key.startswith("perf/"):
             perf.setdefault(key[len("perf/") :], float(value))
+    perf["feature_cache"] = bool(cached)
     return perf
 
 
@@ -289,7 +296,7 @@ def _evaluate(
             continue
         records = prediction_records(dataset.samples, collector.gather(world), task)
         scores = score(records, task)
-        scores.update({k: v for k, v in data.info.get(task, {}).items() if k not in scores})
+        scores.update({k: v for k, v in data.info.get(task, {}).items() if k not in scores and v is not None})
         rd.write_predictions(task, records)
         rd.write_scores(task, scores)
         metrics[f"eval/{task}/exact_match"] = scores["exact_match"]
