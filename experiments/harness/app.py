@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.harness.config import compose, first_values, is_sweep_value, validate_config
+from experiments.harness.rundir import STATUS_FAILED, RunDir, now_iso
 from experiments.harness.runner import RunResult, run
 
 log = logging.getLogger("bridgelab")
@@ -44,6 +46,7 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
     try:
         result: RunResult = run(cfg, run_dir=run_dir)
     except Exception as err:  # noqa: BLE001 - a failing member must not stop the sweep
+        record_failure(run_dir, cfg, err)
         if not multirun:
             raise
         log.error("Run %s failed: %s: %s (recorded in its run.json)", run_dir, type(err).__name__, err)
@@ -51,6 +54,20 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
     if result.skipped:
         log.info("%s: finished earlier, skipped", run_dir)
     return {"run_dir": str(result.run_dir), "status": result.status, "metrics": result.metrics}
+
+
+def record_failure(run_dir: str, cfg: DictConfig, err: BaseException) -> None:
+    """Make sure a failed job says so in its run directory, even when it failed before the run started (an invalid
+    config): ``run`` records failures itself once it has validated the config."""
+    rd = RunDir(run_dir)
+    if rd.exists() and rd.status() == STATUS_FAILED:
+        return
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - an unresolvable config is kept as written
+        config = OmegaConf.to_container(cfg, resolve=False)
+    rd.update(status=STATUS_FAILED, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
+              config=config, started=now_iso())
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")

@@ -45,17 +45,21 @@ def preset_rows() -> list[dict[str, Any]]:
 def params_report(tolerance: float = 0.02) -> tuple[str, bool]:
     """The table as text and whether every preset is within ``tolerance`` of its expected size."""
     rows = preset_rows()
-    lines = [f"{'bridge':<16} {'preset':<22} {'counts':<10} {'built':>14} {'expected':>14} {'diff':>7}  source"]
-    ok = True
+    ok = all(r["built"] is not None and r["rel_error"] <= tolerance for r in rows)
+    cells = [("bridge", "preset", "counts", "built", "expected", "diff", "source")]
     for r in rows:
         if r["built"] is None:
-            ok = False
-            lines.append(f"{r['bridge']:<16} {r['preset']:<22} {r['count']:<10} {'ERROR':>14} "
-                         f"{r['expected']:>14,} {'':>7}  {r['error']}")
+            cells.append((r["bridge"], r["preset"], r["count"], "ERROR", f"{r['expected']:,}", "", r["error"]))
             continue
         flag = "" if r["rel_error"] <= tolerance else "  <-- off"
-        ok &= r["rel_error"] <= tolerance
-        lines.append(f"{r['bridge']:<16} {r['preset']:<22} {r['count']:<10} {r['built']:>14,} {r['expected']:>14,} "
-                     f"{100 * r['rel_error']:>6.2f}%  {r['source']}{flag}")
-    lines.append(f"{len(rows)} paper presets; tolerance {100 * tolerance:.1f}%: {'all within' if ok else 'NOT all within'}")
+        cells.append((r["bridge"], r["preset"], r["count"], f"{r['built']:,}", f"{r['expected']:,}",
+                      f"{100 * r['rel_error']:.2f}%", f"{r['source']}{flag}"))
+    widths = [max(len(row[i]) for row in cells) for i in range(6)]
+    right = (False, False, False, True, True, True)
+    lines = [
+        "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row[:6], widths, right)) + "  " + row[6]
+        for row in cells
+    ]
+    verdict = "all within" if ok else "NOT all within"
+    lines.append(f"{len(rows)} paper presets built on the meta device; tolerance {100 * tolerance:.1f}%: {verdict}")
     return "\n".join(lines), ok
