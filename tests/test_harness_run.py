@@ -21,7 +21,7 @@ def _losses(rd: RunDir) -> list[tuple[str, int, float]]:
 
 
 def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
-    result = run(harness_toy.toy_config(), run_dir=tmp_path / "r")
+    result = run(harness_toy.toy_config(**{"trainer.loggers": ["csv", "tensorboard"]}), run_dir=tmp_path / "r")
     rd = RunDir(result.run_dir)
     record = rd.read()
     assert record["status"] == "finished" and record["error"] is None
@@ -53,6 +53,8 @@ def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert checkpoint["state_dict"] and all(k.startswith("model.bridge.") for k in checkpoint["state_dict"])
     assert checkpoint["bridgelab"]["config"]["bridge"]["name"] == "mlp"
     assert not list(rd.path.rglob("*.tmp"))
+    assert (rd.path / "logs" / "csv" / "align" / "metrics.csv").exists()
+    assert list((rd.path / "logs" / "tensorboard" / "align").glob("events.out.tfevents.*"))
 
 
 def test_rerun_skips_a_finished_run_and_refuses_a_different_config(tmp_path: Path) -> None:

@@ -140,3 +140,13 @@ def test_lora_group_trains_alone_on_a_real_lm() -> None:
     without = build_multimodal_lm("tiny_vit", {"name": "mlp"}, "tiny_llama")
     with pytest.raises(ConfigError, match="only empty groups.*llm.lora_rank"):
         apply_stage(without, "finetune", StageConfig(trainable=["lm.lora"]))
+
+
+def test_fsdp_units_are_the_transformer_blocks() -> None:
+    from llm_adapters import build_multimodal_lm
+
+    from experiments.harness.trainer import fsdp_wrap_classes
+
+    model = build_multimodal_lm("tiny_vit", {"name": "mlp"}, "tiny_llama")
+    names = {cls.__name__ for cls in fsdp_wrap_classes(model)}
+    assert names == {"LlamaDecoderLayer", "Block"}

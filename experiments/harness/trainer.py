@@ -116,10 +116,26 @@ def build_strategy(cfg: TrainerConfig, model: Any = None) -> Any:
         return cfg.strategy
     from lightning.pytorch.strategies import FSDPStrategy
 
-    wrap = None
-    if model is not None and hasattr(model, "fsdp_wrap_modules"):
-        wrap = set(model.fsdp_wrap_modules())
-    return FSDPStrategy(auto_wrap_policy=wrap, use_orig_params=True, sharding_strategy=cfg.fsdp_sharding)
+    return FSDPStrategy(
+        auto_wrap_policy=fsdp_wrap_classes(model) or None, use_orig_params=True, sharding_strategy=cfg.fsdp_sharding
+    )
+
+
+def fsdp_wrap_classes(model: Any) -> set[type]:
+    """Module classes that become FSDP units: the model's own ``fsdp_wrap_modules()`` if it has one, else the LM's
+    decoder layer class and each encoder's block class (Prismatic's policy: one unit per transformer block)."""
+    if model is None:
+        return set()
+    if hasattr(model, "fsdp_wrap_modules"):
+        return set(model.fsdp_wrap_modules())
+    classes: set[type] = set()
+    lm = getattr(model, "lm", None)
+    if lm is not None and hasattr(lm, "decoder_layers"):
+        classes |= {type(layer) for layer in lm.decoder_layers()}
+    encoders = getattr(model, "encoders", None)
+    for name in getattr(encoders, "names", ()):
+        classes |= {type(block) for block in encoders[name].blocks()}
+    return classes
 
 
 def build_trainer(
