@@ -10,7 +10,7 @@ uniformly drawn image instead of the right one already scores the *random-image*
   (``None`` for single-image tasks and for tasks where it does not apply, e.g. yes/no comparison);
 * ``text_ceiling``: greedy exact match of the world LM on the text-only prompt (:func:`text_only_correct`).
 
-``python -m experiments.world.ceilings`` prints the table for the default (cached) world.
+``python -m experiments.world.ceilings [--world full]`` prints the table for a (cached) world's LM.
 """
 
 from __future__ import annotations
@@ -111,9 +111,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Reference levels of the embedded world's tasks")
     parser.add_argument("--n", type=int, default=400, help="test samples per task")
     parser.add_argument("--distractor-n", type=int, nargs="*", default=[2, 4, 8], help="distractor image counts")
+    parser.add_argument("--world", default="default", help="option of the world/ config group (default, full, tiny)")
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
-    world = build_world_backbones({"components": ["lm"]}, cache_dir=args.cache_dir)
+    from experiments.harness.config import compose, to_container
+
+    config = {**to_container(compose([f"world={args.world}"]).world), "components": ["lm"]}
+    world = build_world_backbones(config, cache_dir=args.cache_dir)
     model = world.lm()
     table = ceiling_table(model, [t for t in TASKS if t != "distractor"], args.n, world=world.config.world)
     for k in args.distractor_n:
