@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -13,8 +14,13 @@ import torch
 from encoders.registry import ConfigError
 from experiments.world import TASKS, TaskOptions, build_tokenizer, generate_samples, make_task_dataset
 from experiments.world.backbones import (
-    WorldBackbones, build_world_backbones, cache_root, cached_build, config_hash, tiny_config,
-)  # fmt: skip
+    WorldBackbones,
+    build_world_backbones,
+    cache_root,
+    cached_build,
+    config_hash,
+    tiny_config,
+)
 from experiments.world.ceilings import baselines, task_report
 from experiments.world.pretrain_lm import LMPretrainConfig, build_lm, document_loss, encode_documents
 from experiments.world.pretrain_vision import ClipModel, PictureStream, VitPretrainConfig, caption_ids, create_vit
@@ -101,7 +107,7 @@ def test_video_direction_follows_the_frames() -> None:
         dx, dy = centres[-1][0] - centres[0][0], centres[-1][1] - centres[0][1]
         expected = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
         assert s["answer"] == expected and s["answer"] in DIRECTIONS
-        assert all(b != a for a, b in zip(centres, centres[1:]))  # it moves every frame
+        assert all(b != a for a, b in itertools.pairwise(centres))  # it moves every frame
 
 
 def test_distractor_tags_one_target_and_scales_to_400_images() -> None:
@@ -121,8 +127,10 @@ def test_interleaved_asks_about_the_last_image() -> None:
 
 
 def test_fine_detail_uses_disjoint_digit_instances_for_train_and_test() -> None:
-    rows = {split: {s.media[0].frames[0].objects[0].digit_row for s in generate_samples("fine_detail", split, 60)}
-            for split in ("train", "test")}  # fmt: skip
+    rows = {
+        split: {s.media[0].frames[0].objects[0].digit_row for s in generate_samples("fine_detail", split, 60)}
+        for split in ("train", "test")
+    }
     assert rows["train"] and rows["test"] and not rows["train"] & rows["test"]
     s = generate_samples("fine_detail", "test", 1)[0]
     assert s.answer == NUMBER_WORDS[s.media[0].frames[0].objects[0].digit]
@@ -224,9 +232,10 @@ def tiny_world(tmp_path_factory) -> WorldBackbones:
 
 
 def test_tiny_build_writes_loadable_backbones(tiny_world: WorldBackbones) -> None:
-    from encoders import build_encoder
-    from transformers import AutoTokenizer, LlamaForCausalLM
     from safetensors.torch import load_file
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from encoders import build_encoder
 
     assert all(tiny_world.built.values()) and set(tiny_world.quality) == {"vit", "expert", "lm"}
     for name in ("vit", "expert"):
@@ -249,8 +258,11 @@ def test_second_build_loads_from_the_cache_and_hash_follows_config(tiny_world: W
     root = os.path.dirname(tiny_world.dirs["vit"])
     again = build_world_backbones(tiny_config(), cache_dir=root)
     assert not any(again.built.values()) and again.dirs == tiny_world.dirs and again.quality == tiny_world.quality
-    changed = tiny_config(lm=LMPretrainConfig(steps=5, single_steps=2, batch_size=8, eval_per_qtype=2,
-                                              max_extra_rounds=0, tasks=["attribute"]))  # fmt: skip
+    changed = tiny_config(
+        lm=LMPretrainConfig(
+            steps=5, single_steps=2, batch_size=8, eval_per_qtype=2, max_extra_rounds=0, tasks=["attribute"]
+        )
+    )
     assert config_hash("lm", changed) != config_hash("lm", tiny_config())
     assert config_hash("vit", changed) == config_hash("vit", tiny_config())
     assert config_hash("vit", tiny_config(world=WorldConfig(noise_std=0.05))) != config_hash("vit", tiny_config())
@@ -295,8 +307,15 @@ def test_resolve_specs_fills_in_world_backbones(tiny_world: WorldBackbones) -> N
     assert pair == {"vit": tiny_world.vit_spec, "expert": tiny_world.expert_spec} and same == {"name": "tiny_llama"}
     with pytest.raises(ConfigError, match="choose 'vit' or 'expert'"):
         tiny_world.resolve_specs({"world": "clip"}, None)
-    preset = {"name": "timm_vit", "architecture": tiny_world.vit_spec["architecture"], "image_size": 32,
-              "model_kwargs": tiny_world.vit_spec["model_kwargs"], "pretrained": "world", "mean": None, "frozen": True}
+    preset = {
+        "name": "timm_vit",
+        "architecture": tiny_world.vit_spec["architecture"],
+        "image_size": 32,
+        "model_kwargs": tiny_world.vit_spec["model_kwargs"],
+        "pretrained": "world",
+        "mean": None,
+        "frozen": True,
+    }
     encoder, llm = tiny_world.resolve_specs(preset, {"name": "tiny_llama", "pretrained": "world", "freeze": False})
     assert encoder == {**tiny_world.vit_spec, "frozen": True}
     assert llm == {**tiny_world.llm_spec(), "freeze": False}
@@ -317,8 +336,14 @@ def test_world_data_source_builds_task_data(tiny_world: WorldBackbones) -> None:
     from experiments.harness.data import DATA_SOURCES
 
     entry, config = DATA_SOURCES.make_config(
-        {"name": "experiments.world.datasource:world", "tasks": ["attribute", "distractor"], "train_size": 6, "eval_size": 5,
-         "options": {"distractor_n": 2}, "eval_options": {"distractor_n": 3}}  # fmt: skip
+        {
+            "name": "experiments.world.datasource:world",
+            "tasks": ["attribute", "distractor"],
+            "train_size": 6,
+            "eval_size": 5,
+            "options": {"distractor_n": 2},
+            "eval_options": {"distractor_n": 3},
+        }
     )
     assert DATA_SOURCES.get("world") is entry  # the import path registered the short name
     data = entry.cls(config, tiny_world).build(seed=1)

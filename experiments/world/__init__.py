@@ -37,8 +37,14 @@ from typing import Any
 from experiments.world.ceilings import baselines
 from experiments.world.scenes import WorldConfig
 from experiments.world.tasks import (
-    TASKS, Sample, TaskOptions, WorldDataset, generate_samples, make_task_dataset, text_only_prompt,
-)  # fmt: skip
+    TASKS,
+    Sample,
+    TaskOptions,
+    WorldDataset,
+    generate_samples,
+    make_task_dataset,
+    text_only_prompt,
+)
 from experiments.world.vocab import IMAGE_TOKEN, VOCAB, WORDS, build_tokenizer
 
 _LAZY = {
@@ -54,11 +60,31 @@ _LAZY = {
     "WorldDataConfig": "experiments.world.datasource",
 }
 
-__all__ = sorted(
-    [*_LAZY, "baselines", "WorldConfig", "TASKS", "Sample", "TaskOptions",
-     "WorldDataset", "generate_samples", "make_task_dataset", "text_only_prompt", "IMAGE_TOKEN", "VOCAB", "WORDS",
-     "build_tokenizer"]
-)  # fmt: skip
+__all__ = [
+    "IMAGE_TOKEN",
+    "TASKS",
+    "VOCAB",
+    "WORDS",
+    "ExpertPretrainConfig",
+    "LMPretrainConfig",
+    "Sample",
+    "TaskOptions",
+    "VitPretrainConfig",
+    "WorldBackbones",
+    "WorldBackbonesConfig",
+    "WorldConfig",
+    "WorldData",
+    "WorldDataConfig",
+    "WorldDataset",
+    "baselines",
+    "build_tokenizer",
+    "build_world_backbones",
+    "ceiling_table",
+    "generate_samples",
+    "make_task_dataset",
+    "text_only_prompt",
+    "tiny_config",
+]
 
 
 def __getattr__(name: str) -> Any:

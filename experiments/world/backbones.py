@@ -41,8 +41,13 @@ from safetensors.torch import save_file
 from encoders.registry import ConfigError, merge_config
 from experiments.world.pretrain_lm import LMPretrainConfig, pretrain_lm
 from experiments.world.pretrain_vision import (
-    ExpertPretrainConfig, VitPretrainConfig, expert_spec, pretrain_expert, pretrain_vit, vit_spec,
-)  # fmt: skip
+    ExpertPretrainConfig,
+    VitPretrainConfig,
+    expert_spec,
+    pretrain_expert,
+    pretrain_vit,
+    vit_spec,
+)
 from experiments.world.scenes import WorldConfig
 from experiments.world.vocab import build_tokenizer
 
@@ -55,8 +60,14 @@ LM_META_FILE = "bridgelab_lm.json"  # read by llm_adapters: the chat template of
 WORLD_KEY = "world"  # marker key of specs that the world fills in (resolve_specs)
 # LM spec fields replaced by the world LM's own when a spec says ``pretrained: world``
 LM_ARCHITECTURE_FIELDS = (
-    "name", "pretrained", "model_type", "config", "tokenizer", "tiny_tokenizer_vocab", "chat_template",
-)  # fmt: skip
+    "name",
+    "pretrained",
+    "model_type",
+    "config",
+    "tokenizer",
+    "tiny_tokenizer_vocab",
+    "chat_template",
+)
 
 
 @dataclass

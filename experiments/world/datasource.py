@@ -71,7 +71,8 @@ class WorldData(DataSource):
                 log.warning(
                     "The world LM was not pretrained on the formats of %s (world.lm.tasks=%s): expect a low text-only "
                     "ceiling there; add them to world.lm.tasks (and steps, see world/full.yaml).",
-                    untrained, self.world.config.lm.tasks,
+                    untrained,
+                    self.world.config.lm.tasks,
                 )
         train, evaluation, info = {}, {}, {}
         for task in cfg.tasks:

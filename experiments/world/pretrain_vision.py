@@ -34,8 +34,15 @@ from experiments.world.render import DIGIT
 from experiments.world.scenes import QUADRANT_WORDS, STILL_KINDS, Media, SceneSampler, WorldConfig, article
 from experiments.world.tasks import render_media, seed_sequence, to_uint8
 from experiments.world.vocab import (
-    COLOURS, NUMBER_WORDS, PAD, SHAPE_PLURALS, SHAPES, VOCAB, VOCAB_SIZE, encode_words,
-)  # fmt: skip
+    COLOURS,
+    NUMBER_WORDS,
+    PAD,
+    SHAPE_PLURALS,
+    SHAPES,
+    VOCAB,
+    VOCAB_SIZE,
+    encode_words,
+)
 
 
 @dataclass
@@ -56,10 +63,15 @@ class VitPretrainConfig:
     architecture: str = "vit_tiny_patch16_224"
     model_kwargs: dict[str, Any] = field(
         default_factory=lambda: {
-            "patch_size": 8, "depth": 4, "embed_dim": 128, "num_heads": 4, "mlp_ratio": 2.0,
-            "class_token": False, "global_pool": "avg",
+            "patch_size": 8,
+            "depth": 4,
+            "embed_dim": 128,
+            "num_heads": 4,
+            "mlp_ratio": 2.0,
+            "class_token": False,
+            "global_pool": "avg",
         }
-    )  # fmt: skip
+    )
     image_size: int = 32
     text_layers: int = 2
     embed_dim: int = 128
@@ -195,18 +207,24 @@ def caption_templates(kind: str) -> tuple[list[str], Callable[[Media], int]]:
     if kind == "object":
         caps = [
             f"{article(c)} {COLOURS[c]} {SHAPES[s]} at the {QUADRANT_WORDS[q]}"
-            for c in range(6) for s in range(4) for q in places
-        ]  # fmt: skip
+            for c in range(6)
+            for s in range(4)
+            for q in places
+        ]
     elif kind == "count":
         caps = [
             f"{NUMBER_WORDS[k]} {COLOURS[c]} {SHAPES[s] if k == 1 else SHAPE_PLURALS[s]}"
-            for c in range(6) for s in range(4) for k in range(1, 5)
-        ]  # fmt: skip
+            for c in range(6)
+            for s in range(4)
+            for k in range(1, 5)
+        ]
     elif kind == "digit":
         caps = [
             f"{article(c)} {COLOURS[c]} digit {NUMBER_WORDS[d]} at the {QUADRANT_WORDS[q]}"
-            for c in range(6) for d in range(10) for q in places
-        ]  # fmt: skip
+            for c in range(6)
+            for d in range(10)
+            for q in places
+        ]
     else:
         raise ValueError(f"No caption templates for kind '{kind}'")
     index = {c: i for i, c in enumerate(caps)}
@@ -246,8 +264,11 @@ def pretrain_vit(cfg: VitPretrainConfig, world: WorldConfig, progress: bool = Tr
     bar = tqdm(range(cfg.steps), desc="world ViT (contrastive)", disable=not progress, leave=False)
     for step in bar:
         images, media = stream.batch(cfg.batch_size)
-        loss = loss_fn(model.encode_image(images), model.encode_text(caption_ids([m.caption for m in media])),
-                       model.logit_scale.exp())  # fmt: skip
+        loss = loss_fn(
+            model.encode_image(images),
+            model.encode_text(caption_ids([m.caption for m in media])),
+            model.logit_scale.exp(),
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -349,12 +370,26 @@ def pretrain_expert(cfg: ExpertPretrainConfig, world: WorldConfig, progress: boo
 def vit_spec(cfg: VitPretrainConfig, weights: str, model: nn.Module) -> dict[str, Any]:
     """The ``timm_vit`` encoder spec that rebuilds the pretrained ViT (``encoders.build_encoder(spec)``)."""
     mean, std = mean_std(model)
-    return {"name": "timm_vit", "architecture": cfg.architecture, "image_size": cfg.image_size, "pretrained": weights,
-            "model_kwargs": dict(cfg.model_kwargs), "mean": mean, "std": std}  # fmt: skip
+    return {
+        "name": "timm_vit",
+        "architecture": cfg.architecture,
+        "image_size": cfg.image_size,
+        "pretrained": weights,
+        "model_kwargs": dict(cfg.model_kwargs),
+        "mean": mean,
+        "std": std,
+    }
 
 
 def expert_spec(cfg: ExpertPretrainConfig, weights: str, model: nn.Module) -> dict[str, Any]:
     """The ``timm_convnet`` encoder spec that rebuilds the pretrained expert."""
     mean, std = mean_std(model)
-    return {"name": "timm_convnet", "architecture": cfg.architecture, "image_size": cfg.image_size,
-            "pretrained": weights, "model_kwargs": dict(cfg.model_kwargs), "mean": mean, "std": std}  # fmt: skip
+    return {
+        "name": "timm_convnet",
+        "architecture": cfg.architecture,
+        "image_size": cfg.image_size,
+        "pretrained": weights,
+        "model_kwargs": dict(cfg.model_kwargs),
+        "mean": mean,
+        "std": std,
+    }

@@ -49,8 +49,15 @@ from experiments.world.scenes import QUADRANT_WORDS, Media, SceneSampler, WorldC
 from experiments.world.vocab import COLOURS, DIRECTIONS, IMAGE_TOKEN, MEDIA_CLOSE, MEDIA_OPEN, NUMBER_WORDS, SHAPES
 
 TASKS: tuple[str, ...] = (
-    "attribute", "count", "spatial", "fine_detail", "compare", "distractor", "video_motion", "interleaved",
-)  # fmt: skip  (append only: the index seeds the task's stream)
+    "attribute",
+    "count",
+    "spatial",
+    "fine_detail",
+    "compare",
+    "distractor",
+    "video_motion",
+    "interleaved",
+)  # append only: the index seeds the task's stream
 SPLITS: dict[str, tuple[int, str]] = {  # split -> (stream id, digit pool)
     "train": (0, "train"),
     "val": (1, "eval"),

@@ -37,17 +37,58 @@ HORIZONTAL: tuple[str, ...] = ("left", "centre", "right")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 YES_NO: tuple[str, ...] = ("yes", "no")
 STRUCTURE: tuple[str, ...] = (
-    MEDIA_OPEN, MEDIA_CLOSE, "question", "answer", ":", "?", ",", ".", "target",
-    "a", "an", "the", "at", "and", "then", "is", "it", "are", "there", "what", "which", "where", "how", "many",
-    "colour", "shape", "digit", "objects", "way", "does", "move", "do", "both", "images", "show", "same",
-)  # fmt: skip
+    MEDIA_OPEN,
+    MEDIA_CLOSE,
+    "question",
+    "answer",
+    ":",
+    "?",
+    ",",
+    ".",
+    "target",
+    "a",
+    "an",
+    "the",
+    "at",
+    "and",
+    "then",
+    "is",
+    "it",
+    "are",
+    "there",
+    "what",
+    "which",
+    "where",
+    "how",
+    "many",
+    "colour",
+    "shape",
+    "digit",
+    "objects",
+    "way",
+    "does",
+    "move",
+    "do",
+    "both",
+    "images",
+    "show",
+    "same",
+)
 
 WORDS: tuple[str, ...] = tuple(
     dict.fromkeys(
-        SPECIAL_TOKENS + STRUCTURE + COLOURS + SHAPES + SHAPE_PLURALS + NUMBER_WORDS + VERTICAL + HORIZONTAL
-        + DIRECTIONS + YES_NO
+        SPECIAL_TOKENS
+        + STRUCTURE
+        + COLOURS
+        + SHAPES
+        + SHAPE_PLURALS
+        + NUMBER_WORDS
+        + VERTICAL
+        + HORIZONTAL
+        + DIRECTIONS
+        + YES_NO
     )
-)  # fmt: skip
+)
 VOCAB: dict[str, int] = {word: i for i, word in enumerate(WORDS)}
 VOCAB_SIZE = len(WORDS)
 
