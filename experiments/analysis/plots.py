@@ -36,29 +36,33 @@ def plot_tradeoffs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = sorted(table["task"].dropna().unique())
+    bridges = sorted(table["bridge"].dropna().unique())
+    style = {b: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, b in enumerate(bridges)}  # same look in every panel
     written = []
     for x in x_columns:
         if x not in table or table[x].isna().all():
             continue
-        fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks) + 1.6, 3.6), squeeze=False)
         for ax, task in zip(axes[0], tasks):
             rows = table[table["task"] == task]
             for _, row in rows.iterrows():
-                ax.errorbar(row[x], row[f"{metric}_mean"], yerr=row[f"{metric}_std"] if pd.notna(row[f"{metric}_std"]) else 0,
-                            fmt="o", capsize=3, label=row["bridge"])
-                ax.annotate(row["bridge"], (row[x], row[f"{metric}_mean"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
-            for level, style in (("chance", ":"), ("text_ceiling", "--")):
+                colour, marker = style[row["bridge"]]
+                std = row[f"{metric}_std"]
+                ax.errorbar(row[x], row[f"{metric}_mean"], yerr=0 if pd.isna(std) else std, fmt=marker,
+                            color=colour, capsize=3, label=row["bridge"])
+            for level, line in (("chance", ":"), ("text_ceiling", "--")):
                 if level in rows and rows[level].notna().any():
-                    ax.axhline(rows[level].mean(), color="grey", linestyle=style, linewidth=1, label=level)
-            if x in ("visual_tokens_per_media", "flops_per_sample", "trainable_params"):
+                    ax.axhline(rows[level].mean(), color="grey", linestyle=line, linewidth=1, label=level)
+            if x in ("visual_tokens_per_media", "flops_per_sample", "trainable_params") and rows[x].nunique() > 1:
                 ax.set_xscale("log")
             ax.set_title(task)
             ax.set_xlabel(AXES.get(x, x))
             ax.set_ylabel(metric)
             ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
-        fig.tight_layout()
+        handles, labels = axes[0][-1].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+        fig.subplots_adjust(right=1 - 1.5 / fig.get_figwidth(), bottom=0.16, wspace=0.3)
         path = out / f"{metric}_vs_{x}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
