@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
+from bridges.common.features import encoder_features, layer_tokens
 from bridges.common.projector import build_projector, projector_depth, projector_flops
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
@@ -95,14 +96,9 @@ class MLPBridge(PrefixBridge):
 
     def select(self, features: Mapping[str, VisionFeatures]) -> torch.Tensor:
         """The projector input: chosen layers, CLS handled, concatenated on channels, ``(N, P', Dv * n_layers)``."""
-        feats = _encoder_features(features, self.io.encoder.name)
+        feats = encoder_features(features, self.io.encoder.name)
         keep_cls = self.config.select_feature == "cls_patch"
-        if keep_cls and feats.num_prefix < 1:
-            raise ValueError(
-                "select_feature='cls_patch' needs the CLS token but the encoder returned patches only; "
-                "request it with with_cls=True (MultimodalLM does so from bridge.needs) or use select_feature='patch'."
-            )
-        chosen = [_tokens(feats.layer(i), feats.num_prefix, keep_cls) for i in self.absolute_layers]
+        chosen = [layer_tokens(feats, i, keep_cls) for i in self.absolute_layers]
         x = chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
         return x.to(self.projector[0].weight.dtype)
 
@@ -162,21 +158,6 @@ class MLPBridge(PrefixBridge):
                 if mine.bias is not None:
                     mine.bias.copy_(theirs.bias)
         return bridge
-
-
-def _tokens(x: torch.Tensor, num_prefix: int, keep_cls: bool) -> torch.Tensor:
-    """Patches of ``x (N, num_prefix + h*w, D)``, after the CLS token (index 0) if ``keep_cls``; other prefix tokens
-    (registers) are dropped."""
-    if not keep_cls:
-        return x[:, num_prefix:]
-    return x if num_prefix == 1 else torch.cat([x[:, :1], x[:, num_prefix:]], dim=1)
-
-
-def _encoder_features(features: Mapping[str, VisionFeatures], name: str) -> VisionFeatures:
-    try:
-        return features[name]
-    except KeyError:
-        raise KeyError(f"No features for encoder '{name}'; got {sorted(features)}. Check the encoder names.") from None
 
 
 _CLIP_L336 = EncoderInfo("clip_vit_l14_336", 1024, (24, 24), 24)

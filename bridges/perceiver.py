@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
+from bridges.common.features import encoder_features, layer_tokens
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.resampler import PerceiverResampler
 from bridges.presets import BridgePreset, register_preset
@@ -114,16 +115,9 @@ class PerceiverBridge(PrefixBridge):
         num_frames: int = 1,
         instruction: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        name = self.io.encoder.name
-        if name not in features:
-            raise KeyError(f"No features for encoder '{name}'; got {sorted(features)}. Check the encoder names.")
-        feats = features[name]
-        tokens = feats.patches()  # register tokens, if any, are dropped; CLS (index 0) only when asked for
-        if self.config.with_cls:
-            if feats.num_prefix < 1:
-                raise ValueError("with_cls=True needs the CLS token; the encoder returned patches only (request it).")
-            tokens = torch.cat((feats.last[:, :1], tokens), dim=1)
-        tokens = tokens.to(self.resampler.latents.dtype)  # encoders may run in another precision than the bridge
+        feats = encoder_features(features, self.io.encoder.name)
+        # CLS (index 0) only when asked for; register tokens dropped; encoders may run in another precision
+        tokens = layer_tokens(feats, feats.layers[-1], self.config.with_cls, self.resampler.latents.dtype)
         if tokens.shape[0] % num_frames:
             raise ValueError(f"{tokens.shape[0]} images is not a multiple of num_frames={num_frames}")
         x = rearrange(tokens, "(n f) p d -> n 1 f p d", f=num_frames)

@@ -27,6 +27,7 @@ from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
 from bridges.common.bert_layers import BertSpec, QFormer
+from bridges.common.features import encoder_features, layer_tokens
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
 
@@ -161,22 +162,10 @@ class QFormerBridge(PrefixBridge):
 
     def image_embeds(self, features: Mapping[str, VisionFeatures]) -> torch.Tensor:
         """The cross-attention input: the chosen layer (CLS as configured) through ``ln_vision``, ``(N, P, Dv)``."""
-        try:
-            feats = features[self.io.encoder.name]
-        except KeyError:
-            raise KeyError(f"No features for encoder '{self.io.encoder.name}'; got {sorted(features)}") from None
-        if self.config.with_cls and feats.num_prefix < 1:
-            raise ValueError(
-                "with_cls=True needs the CLS token but the encoder returned patches only; request it "
-                "(MultimodalLM does so from bridge.needs) or set with_cls=False."
-            )
-        x, prefix = feats.layer(self.layer), feats.num_prefix
-        if not self.config.with_cls:
-            x = x[:, prefix:]
-        elif prefix > 1:  # keep CLS (index 0) and the patches, drop register tokens
-            x = torch.cat([x[:, :1], x[:, prefix:]], dim=1)
+        feats = encoder_features(features, self.io.encoder.name)
         # the Q-Former stays in its own dtype (fp32 in transformers) whatever the encoder's
-        return self.ln_vision(x.to(self.language_projection.weight.dtype))
+        x = layer_tokens(feats, self.layer, self.config.with_cls, self.language_projection.weight.dtype)
+        return self.ln_vision(x)
 
     def query_outputs(
         self, image: torch.Tensor, instruction: tuple[torch.Tensor, torch.Tensor] | None = None
