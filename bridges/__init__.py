@@ -1,17 +1,16 @@
 """Modality bridges: modules that turn vision-encoder features into something an LLM can use.
 
-Importing this package registers every built-in bridge in :data:`BRIDGES`.
+Importing this package registers every built-in bridge in :data:`BRIDGES`; user bridges register the same way
+from their own modules (``bridge.name: my_pkg.my_module:my_name`` or the ``plugins`` list of a run config).
 """
 
 from importlib import import_module
-from pathlib import Path
 
 from bridges.base import BRIDGES, Bridge, BridgeIO, BridgeNeeds, InjectBridge, PrefixBridge, list_bridges
 
 BUILTIN_MODULES = ("mlp", "qformer", "perceiver", "eagle", "mmfuser", "flamingo", "hyper_attention")
 
 for _module in BUILTIN_MODULES:
-    if (Path(__file__).parent / f"{_module}.py").exists():  # TODO(lead): make strict once all bridges landed
-        import_module(f"bridges.{_module}")
+    import_module(f"bridges.{_module}")
 
 __all__ = ["BRIDGES", "Bridge", "BridgeIO", "BridgeNeeds", "InjectBridge", "PrefixBridge", "list_bridges"]
