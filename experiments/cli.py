@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +82,16 @@ def _demo(argv: Sequence[str]) -> int:
     return 0
 
 
+def _quiet_model_loading() -> None:
+    """transformers 5 draws a progress bar for every from_pretrained; a sweep loads the world LM once per run."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bridgelab`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -92,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bridgelab: unknown command '{command}'. Commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _quiet_model_loading()
     from encoders.registry import ConfigError, RegistryError
 
     try:
