@@ -1,4 +1,4 @@
-"""Tiny stand-ins for the harness tests: a colour-question data source (registered as ``toy_colours``).
+"""Tiny stand-ins for the harness tests: a colour-question data source (registered as ``_toy_colours``).
 
 Imported by the ``test_harness_*`` files (and, in spawned DDP children, through ``plugins: [harness_toy]``).
 Images are 16x16 squares of one of four colours; the question asks for the colour, the answer is one word.
@@ -49,9 +49,9 @@ def _samples(n: int, seed: int, size: int, pair: bool) -> list[dict[str, Any]]:
     return out
 
 
-if "toy_colours" not in DATA_SOURCES:
+if "_toy_colours" not in DATA_SOURCES:
 
-    @DATA_SOURCES.register("toy_colours", ToyConfig)
+    @DATA_SOURCES.register("_toy_colours", ToyConfig)
     class ToyColours(DataSource):
         def build(self, seed: int) -> TaskData:
             c = self.config
@@ -63,41 +63,6 @@ if "toy_colours" not in DATA_SOURCES:
             return TaskData(train, evals, info={"colour": {"text_ceiling": 1.0}})
 
 
-class ToyCollator:
-    """Samples -> MultimodalBatch for the tiny byte-level tokenizer (train: prompt + answer with labels)."""
-
-    def __init__(self, model: Any, train: bool) -> None:
-        self.tokenizer = model.lm.tokenizer
-        self.transforms = model.encoders.transforms()
-        self.train = train
-
-    def __call__(self, samples: list[dict[str, Any]]) -> Any:
-        from llm_adapters.batch import MultimodalBatch
-
-        tok = self.tokenizer
-        rows, labels = [], []
-        for s in samples:
-            prompt = [tok.bos_token_id, *tok(s["text"], add_special_tokens=False).input_ids]
-            target = [*tok(" " + s["answer"], add_special_tokens=False).input_ids, tok.eos_token_id] if self.train else []
-            rows.append(prompt + target)
-            labels.append([-100] * len(prompt) + target)
-        length = max(len(r) for r in rows)
-        pad = tok.pad_token_id
-        left = not self.train
-        ids = torch.tensor([[pad] * (length - len(r)) + r if left else r + [pad] * (length - len(r)) for r in rows])
-        mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) if left else [1] * len(r) + [0] * (length - len(r))
-                             for r in rows])
-        lab = torch.tensor([lb + [-100] * (length - len(lb)) for lb in labels]) if self.train else None
-        images = torch.stack([img for s in samples for img in s["images"]])[:, None]  # (N, 1, C, H, W)
-        pixels = {name: t(images) for name, t in self.transforms.items()}
-        owner = torch.tensor([i for i, s in enumerate(samples) for _ in s["images"]], dtype=torch.long)
-        return MultimodalBatch(ids, mask, pixels, owner, lab, meta=[dict(s.get("meta") or {}) for s in samples])
-
-
-def toy_collators(model: Any) -> tuple[ToyCollator, ToyCollator]:
-    return ToyCollator(model, True), ToyCollator(model, False)
-
-
 def toy_config(**overrides: Any) -> dict[str, Any]:
     """A complete tiny run config (tiny ViT, tiny Llama, MLP bridge, toy data, 4 steps)."""
     cfg: dict[str, Any] = {
@@ -107,7 +72,7 @@ def toy_config(**overrides: Any) -> dict[str, Any]:
         "encoder": "tiny_vit",
         "llm": "tiny_llama",
         "bridge": {"name": "mlp"},
-        "data": {"name": "toy_colours"},
+        "data": {"name": "_toy_colours"},
         "stages": {"align": {"trainable": ["bridge*"], "lr": 3e-3, "max_steps": 4, "warmup_ratio": 0.25}},
         "train": {"effective_batch_size": 8, "log_every_n_steps": 1, "checkpoint_every_n_steps": 0},
         "trainer": {"loggers": [], "progress_bar": False},
@@ -122,14 +87,3 @@ def toy_config(**overrides: Any) -> dict[str, Any]:
         node[last] = value
     return cfg
 
-
-def _use_toy_collators_until_llm_adapters_has_one() -> None:
-    import llm_adapters
-
-    if not hasattr(llm_adapters, "MultimodalCollator"):
-        from experiments.harness import build
-
-        build.collators = toy_collators
-
-
-_use_toy_collators_until_llm_adapters_has_one()

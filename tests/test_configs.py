@@ -178,7 +178,7 @@ def test_unknown_names_list_the_known_ones() -> None:
     run = validate_config(compose([SEARCH, "experiment=toy", "bridge.name=mlpp"]))
     with pytest.raises(RegistryError, match=r"Unknown bridge 'mlpp'. Did you mean 'mlp'\? Known bridges: eagle, "):
         build_model(run)
-    with pytest.raises(RegistryError, match=r"Unknown data 'toy'.*Known datas: .*toy_colours"):
+    with pytest.raises(RegistryError, match=r"Unknown data 'toy'.*Known datas: .*A plug-in is selected as"):
         build_data(validate_config({**validate_dict(), "data": {"name": "toy"}}), None)
 
 
@@ -190,7 +190,7 @@ def test_a_user_bridge_from_its_own_module(tmp_path: Path, monkeypatch: pytest.M
         "@dataclass\n"
         "class MeanConfig:\n"
         "    tokens: int = 2\n"
-        "@BRIDGES.register('mean_pool', MeanConfig)\n"
+        "@BRIDGES.register('_mean_pool', MeanConfig)\n"
         "class MeanPool(PrefixBridge):\n"
         "    def __init__(self, config, io):\n"
         "        super().__init__(config, io)\n"
@@ -208,12 +208,12 @@ def test_a_user_bridge_from_its_own_module(tmp_path: Path, monkeypatch: pytest.M
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     # from the command line: drop the default bridge option, name the plug-in by import path
-    run = validate_config(compose([SEARCH, "experiment=toy", "~bridge", "+bridge.name=my_bridges:mean_pool",
+    run = validate_config(compose([SEARCH, "experiment=toy", "~bridge", "+bridge.name=my_bridges:_mean_pool",
                                    "+bridge.tokens=3"]))
     model = build_model(run)
     assert model.bridge.num_visual_tokens() == 3 and type(model.bridge).__name__ == "MeanPool"
     # or import it first through `plugins` and use its registered name
-    run = validate_config(compose([SEARCH, "experiment=toy", "~bridge", "+bridge.name=mean_pool",
+    run = validate_config(compose([SEARCH, "experiment=toy", "~bridge", "+bridge.name=_mean_pool",
                                    "plugins=[harness_toy,my_bridges]"]))
     from experiments.harness.build import import_plugins
 

@@ -19,7 +19,7 @@ TEST_CONFIGS = Path(__file__).parent / "harness_configs"
 def test_ddp_spawn_on_two_cpu_processes(tmp_path: Path) -> None:
     cfg = harness_toy.toy_config(**{
         "trainer.strategy": "ddp_spawn", "trainer.devices": 2, "train.checkpoint_every_n_steps": 2,
-        "data": {"name": "toy_colours", "pair_task": False}, "efficiency.flops": False,
+        "data": {"name": "_toy_colours", "pair_task": False}, "efficiency.flops": False,
     })
     result = run(cfg, run_dir=tmp_path)
     rd = RunDir(result.run_dir)

@@ -118,7 +118,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
 
 
 def test_load_run_rebuilds_the_trained_model(tmp_path: Path) -> None:
-    cfg = harness_toy.toy_config(**{"data": {"name": "toy_colours", "pair_task": False}, "efficiency.enabled": False})
+    cfg = harness_toy.toy_config(**{"data": {"name": "_toy_colours", "pair_task": False}, "efficiency.enabled": False})
     result = run(cfg, run_dir=tmp_path)
     loaded = load_run(result.run_dir)
     assert loaded.checkpoint == RunDir(tmp_path).final_checkpoint("align")
