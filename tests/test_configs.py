@@ -7,6 +7,7 @@ encoders, LMs and paper presets are built on the meta device (no memory, no down
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,14 @@ def test_every_config_file(group: str, option: str, tiny_world: list[str]) -> No
     if group in ("experiment", "paper"):
         return _check_preset(group, option, tiny_world)
     base = [SEARCH, *tiny_world]
+    if group == "launcher" and option == "submitit_slurm" and importlib.util.find_spec(
+        "hydra_plugins.hydra_submitit_launcher"
+    ) is None:  # an optional extra: without it the option must fail clearly, naming the missing launcher
+        from hydra.errors import MissingConfigException
+
+        with pytest.raises(MissingConfigException, match="submitit_slurm"):
+            compose([*base, f"{group}={option}"], with_hydra=True)
+        return
     cfg = compose([*base, f"{group}={option}"], with_hydra=group == "launcher")
     run = validate_config(cfg)
     if group == "launcher":

@@ -1,0 +1,1 @@
+"""Hydra configuration tree of bridgelab (root: config.yaml). A package so Hydra finds it as pkg://experiments.configs."""
