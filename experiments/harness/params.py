@@ -42,7 +42,7 @@ def preset_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def params_report(tolerance: float = 0.02) -> tuple[str, bool]:
+def params_report(tolerance: float = 0.01) -> tuple[str, bool]:
     """The table as text and whether every preset is within ``tolerance`` of its expected size."""
     rows = preset_rows()
     ok = all(r["built"] is not None and r["rel_error"] <= tolerance for r in rows)
