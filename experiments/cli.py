@@ -55,7 +55,7 @@ def results_table(runs_dir: str, fmt: str = "markdown") -> str:
 
 def _params(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="bridgelab params", description="Paper presets vs their published sizes")
-    parser.add_argument("--tolerance", type=float, default=0.01, help="relative difference allowed (default 0.01, the issue's 1%%)")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="relative difference allowed (default 0.01)")
     args = parser.parse_args(list(argv))
     from experiments.harness.params import params_report
 
