@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 import harness_toy  # noqa: F401  (registers the toy data source)
 from experiments.cli import main
