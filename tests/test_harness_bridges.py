@@ -60,3 +60,14 @@ def test_training_step_per_bridge_and_stage(bridge: str) -> None:
             assert any(n.startswith("lm.") for n in changed), f"{bridge}: the LM did not move in finetune"
     answers = generate_answers(model.eval(), eval_collate(samples[:2]), max_new_tokens=2)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_lm_sequence_tokens_distinguish_prefix_from_inject() -> None:
+    from types import SimpleNamespace
+
+    from experiments.harness.efficiency import lm_sequence_tokens
+
+    prefix = SimpleNamespace(kind="prefix", num_visual_tokens=lambda frames: 16 * frames)
+    inject = SimpleNamespace(kind="inject", num_visual_tokens=lambda frames: 64 * frames)
+    assert lm_sequence_tokens(SimpleNamespace(bridge=prefix)) == 16
+    assert lm_sequence_tokens(SimpleNamespace(bridge=inject)) == 1  # only its <image> token enters the sequence

@@ -44,7 +44,7 @@ def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert json.loads((rd.eval_dir("colour") / "scores.json").read_text())["text_ceiling"] == 1.0
 
     eff = rd.read_efficiency()
-    assert eff["visual_tokens_per_media"] == 16
+    assert eff["visual_tokens_per_media"] == 16 and eff["lm_tokens_per_media"] == 16  # a prefix bridge
     assert 0 < eff["trainable_params"] < eff["total_params"]
     assert eff["flops_per_sample_by_task"]["pair"]["forward"] > eff["flops_per_sample_by_task"]["colour"]["forward"]
     assert eff["train_samples_per_s"] > 0 and eff["peak_memory_mb"] > 0

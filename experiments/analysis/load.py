@@ -19,6 +19,7 @@ RUN_FILE = "run.json"
 # efficiency.json headline fields copied into every row (the budget a fair comparison must report)
 EFFICIENCY_FIELDS = (
     "visual_tokens_per_media",
+    "lm_tokens_per_media",
     "trainable_params",
     "total_params",
     "flops_per_sample",

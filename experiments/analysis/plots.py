@@ -16,6 +16,7 @@ from experiments.analysis.tables import summarize  # noqa: E402
 
 AXES = {
     "visual_tokens_per_media": "visual tokens per media item",
+    "lm_tokens_per_media": "LM-sequence tokens per media item",
     "train_samples_per_s": "training throughput (samples/s)",
     "trainable_params": "trainable parameters",
     "flops_per_sample": "FLOPs per sample",
@@ -25,7 +26,7 @@ AXES = {
 def plot_tradeoffs(
     df: pd.DataFrame,
     out_dir: str | os.PathLike[str],
-    x_columns: tuple[str, ...] = ("visual_tokens_per_media", "train_samples_per_s"),
+    x_columns: tuple[str, ...] = ("visual_tokens_per_media", "lm_tokens_per_media", "train_samples_per_s"),
     metric: str = "exact_match",
 ) -> list[Path]:
     """One figure per x column: a panel per task, one point per bridge (mean ± std over seeds).

@@ -8,6 +8,7 @@ import pandas as pd
 
 BUDGET_COLUMNS = (
     "visual_tokens_per_media",
+    "lm_tokens_per_media",
     "trainable_params",
     "flops_per_sample",
     "train_samples_per_s",

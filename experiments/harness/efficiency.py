@@ -63,6 +63,14 @@ def visual_tokens(model: nn.Module) -> int | None:
     return int(bridge.num_visual_tokens(1)) if bridge is not None and hasattr(bridge, "num_visual_tokens") else None
 
 
+def lm_sequence_tokens(model: nn.Module) -> int | None:
+    """Tokens each media item adds to the LM's sequence: T for a prefix bridge, 1 (its ``<image>``) when injected."""
+    bridge = getattr(model, "bridge", None)
+    if bridge is None or not hasattr(bridge, "num_visual_tokens"):
+        return None
+    return 1 if getattr(bridge, "kind", "prefix") == "inject" else int(bridge.num_visual_tokens(1))
+
+
 def bridge_summary(model: nn.Module) -> dict[str, Any]:
     bridge = getattr(model, "bridge", None)
     if bridge is None:
@@ -95,7 +103,8 @@ def summarise(
     mem = [m for m in mem if m is not None]
     fwd = [f["forward"] for f in (flops or {}).values()]
     return {
-        "visual_tokens_per_media": visual_tokens(model),
+        "visual_tokens_per_media": visual_tokens(model),  # prefix length, or an inject bridge's memory length
+        "lm_tokens_per_media": lm_sequence_tokens(model),
         "total_params": total,
         "trainable_params": ever_trainable,
         "flops_per_sample": (sum(fwd) / len(fwd)) if fwd else None,
