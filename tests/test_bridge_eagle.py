@@ -230,7 +230,7 @@ def test_zero_media_dtype_cast_and_registers(variant: str) -> None:
     ],
 )
 def test_learns_through_multimodal_lm(overrides: dict) -> None:
-    from test_llm_fakes import TinyConvEncoder, make_batch
+    from test_llm_fakes import TinyConvEncoder, make_batch, train_losses
 
     from encoders.encoder_set import EncoderSet
     from llm_adapters.multimodal_lm import build_multimodal_lm
@@ -240,12 +240,5 @@ def test_learns_through_multimodal_lm(overrides: dict) -> None:
     model = build_multimodal_lm(encoders, {"name": "eagle", **overrides}, "tiny_llama")
     assert model.bridge.num_visual_tokens() == (8 if overrides.get("variant") == "sequence_append" else 4)
     batch = make_batch(model.lm, ["a <image> red square", "<image> two <image> blue circles"], frames=2)
-    optimizer = torch.optim.Adam(model.bridge.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = model(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, batch)
     assert losses[-1] < losses[0] - 0.05, losses

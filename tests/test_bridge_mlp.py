@@ -266,18 +266,11 @@ def test_build_projector_layout_is_reused() -> None:
 
 @pytest.mark.parametrize("bridge", [{"name": "mlp"}, {"name": "mlp", "projector": "linear", "select_layer": [-2, -1]}])
 def test_learns_through_multimodal_lm(bridge: dict) -> None:
-    from test_llm_fakes import fake_encoders, make_batch
+    from test_llm_fakes import fake_encoders, make_batch, train_losses
 
     from llm_adapters.multimodal_lm import build_multimodal_lm
 
     model = build_multimodal_lm(fake_encoders(), bridge, "tiny_llama")
     batch = make_batch(model.lm, ["a <image> red square", "<image> two <image> blue circles"])
-    optimizer = torch.optim.Adam(model.bridge.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = model(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, batch)
     assert losses[-1] < losses[0] - 0.05, losses

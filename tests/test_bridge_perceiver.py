@@ -294,19 +294,12 @@ def test_bridge_registers_dropped_dtype_cast_and_zero_media() -> None:
 
 @pytest.mark.parametrize("frames", [1, 2])
 def test_learns_through_multimodal_lm(frames: int) -> None:
-    from test_llm_fakes import fake_encoders, make_batch
+    from test_llm_fakes import fake_encoders, make_batch, train_losses
 
     from llm_adapters.multimodal_lm import build_multimodal_lm
 
     spec = {"name": "perceiver", "depth": 1, "heads": 2, "dim_head": 16, "num_latents": 4, "max_num_frames": 2}
     model = build_multimodal_lm(fake_encoders(), spec, "tiny_llama")
     batch = make_batch(model.lm, ["a <image> red square", "<image> two <image> blue circles"], frames=frames)
-    optimizer = torch.optim.Adam(model.bridge.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = model(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, batch)
     assert losses[-1] < losses[0] - 0.05, losses

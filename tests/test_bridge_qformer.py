@@ -394,7 +394,7 @@ def test_pretrainer_needs_text_layers_and_two_pairs() -> None:
 
 @pytest.mark.parametrize("instruct", [False, True])
 def test_learns_through_multimodal_lm(instruct: bool) -> None:
-    from test_llm_fakes import fake_encoders, make_batch
+    from test_llm_fakes import fake_encoders, make_batch, train_losses
 
     from llm_adapters.multimodal_lm import build_multimodal_lm
 
@@ -403,14 +403,7 @@ def test_learns_through_multimodal_lm(instruct: bool) -> None:
     batch = make_batch(model.lm, ["a <image> red square", "<image> two <image> blue circles"])
     if instruct:
         batch.instruction_ids, batch.instruction_mask = instruction(2, length=4)
-    optimizer = torch.optim.Adam(model.bridge.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = model(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, batch)
     assert losses[-1] < losses[0] - 0.05, losses
     if instruct:  # the batch's instruction reaches the Q-Former
         batch.instruction_ids = batch.instruction_ids.flip(0)

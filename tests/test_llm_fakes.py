@@ -186,6 +186,19 @@ class GatedInject(InjectBridge):
         return {"bridge": [p for p in self.parameters() if id(p) not in gate_ids], "bridge.gates": gates}
 
 
+def train_losses(model: nn.Module, batch: MultimodalBatch, steps: int = 8, lr: float = 3e-3) -> list[float]:
+    """Losses of ``steps`` Adam steps on the bridge's parameters only (the "each bridge learns" tests)."""
+    optimizer = torch.optim.Adam(model.bridge.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def make_batch(
     lm, texts: list[str], frames: int = 1, labels: bool = True, padding_side: str = "right", seed: int = 0
 ) -> MultimodalBatch:
