@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 from experiments.analysis.load import load_metrics  # noqa: E402
 from experiments.analysis.tables import summarize  # noqa: E402
 
+LOG_AXES = ("visual_tokens_per_media", "lm_tokens_per_media", "flops_per_sample", "trainable_params")
 AXES = {
     "visual_tokens_per_media": "visual tokens per media item",
     "lm_tokens_per_media": "LM-sequence tokens per media item",
@@ -54,7 +55,7 @@ def plot_tradeoffs(
             for level, line in (("chance", ":"), ("text_ceiling", "--")):
                 if level in rows and rows[level].notna().any():
                     ax.axhline(rows[level].mean(), color="grey", linestyle=line, linewidth=1, label=level)
-            if x in ("visual_tokens_per_media", "flops_per_sample", "trainable_params") and rows[x].nunique() > 1:
+            if x in LOG_AXES and rows[x].nunique() > 1:
                 ax.set_xscale("log")
             ax.set_title(task)
             ax.set_xlabel(AXES.get(x, x))
