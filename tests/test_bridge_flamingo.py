@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_llm_fakes import train_losses
 
 from bridges.base import BridgeIO, EncoderInfo, InjectionContext
 from bridges.flamingo import FlamingoBridge, FlamingoConfig, GatedXAttnDenseBlock, xattn_layer_indices
@@ -311,14 +312,7 @@ def test_learns_through_multimodal_lm_with_the_lm_frozen() -> None:
     assert groups["lm.new_tokens"] and all(p.requires_grad for p in groups["lm.new_tokens"])  # <image>, <|endofchunk|>
     assert not any(p.requires_grad for p in groups["lm"]) and not any(p.requires_grad for p in groups["encoder"])
     batch = _batch(model, *INTERLEAVED, labels=True)
-    opt = torch.optim.AdamW(model.bridge.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(6):
-        loss = model(batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, batch, steps=6)
     assert losses[-1] < losses[0] - 0.05, losses
 
 
