@@ -43,10 +43,9 @@ from experiments.world.pretrain_lm import LMPretrainConfig, pretrain_lm
 from experiments.world.pretrain_vision import (
     ExpertPretrainConfig,
     VitPretrainConfig,
-    expert_spec,
+    backbone_spec,
     pretrain_expert,
     pretrain_vit,
-    vit_spec,
 )
 from experiments.world.scenes import WorldConfig
 from experiments.world.vocab import build_tokenizer
@@ -300,7 +299,7 @@ def _build_vit(cfg: WorldBackbonesConfig) -> Callable[[Path, Path], None]:
     def build(tmp: Path, final: Path) -> None:
         model, quality = pretrain_vit(cfg.vit, cfg.world, progress=cfg.progress)
         save_file(model.state_dict(), str(tmp / "vit.safetensors"))
-        _write_json(tmp / "encoder.json", vit_spec(cfg.vit, str(final / "vit.safetensors"), model))
+        _write_json(tmp / "encoder.json", backbone_spec("timm_vit", cfg.vit, str(final / "vit.safetensors"), model))
         _write_json(tmp / "config.json", {"vit": dataclasses.asdict(cfg.vit), "world": dataclasses.asdict(cfg.world)})
         _write_json(tmp / QUALITY_FILE, quality)
 
@@ -311,7 +310,8 @@ def _build_expert(cfg: WorldBackbonesConfig) -> Callable[[Path, Path], None]:
     def build(tmp: Path, final: Path) -> None:
         model, quality = pretrain_expert(cfg.expert, cfg.world, progress=cfg.progress)
         save_file(model.state_dict(), str(tmp / "expert.safetensors"))
-        _write_json(tmp / "encoder.json", expert_spec(cfg.expert, str(final / "expert.safetensors"), model))
+        spec = backbone_spec("timm_convnet", cfg.expert, str(final / "expert.safetensors"), model)
+        _write_json(tmp / "encoder.json", spec)
         payload = {"expert": dataclasses.asdict(cfg.expert), "world": dataclasses.asdict(cfg.world)}
         _write_json(tmp / "config.json", payload)
         _write_json(tmp / QUALITY_FILE, quality)

@@ -367,25 +367,14 @@ def pretrain_expert(cfg: ExpertPretrainConfig, world: WorldConfig, progress: boo
 
 
 # ---- encoder specs -----------------------------------------------------------------------------------------------
-def vit_spec(cfg: VitPretrainConfig, weights: str, model: nn.Module) -> dict[str, Any]:
-    """The ``timm_vit`` encoder spec that rebuilds the pretrained ViT (``encoders.build_encoder(spec)``)."""
+def backbone_spec(
+    backend: str, cfg: VitPretrainConfig | ExpertPretrainConfig, weights: str, model: nn.Module
+) -> dict[str, Any]:
+    """The encoder spec (``timm_vit`` for the ViT, ``timm_convnet`` for the expert) that rebuilds a pretrained
+    backbone with ``encoders.build_encoder(spec)``."""
     mean, std = mean_std(model)
     return {
-        "name": "timm_vit",
-        "architecture": cfg.architecture,
-        "image_size": cfg.image_size,
-        "pretrained": weights,
-        "model_kwargs": dict(cfg.model_kwargs),
-        "mean": mean,
-        "std": std,
-    }
-
-
-def expert_spec(cfg: ExpertPretrainConfig, weights: str, model: nn.Module) -> dict[str, Any]:
-    """The ``timm_convnet`` encoder spec that rebuilds the pretrained expert."""
-    mean, std = mean_std(model)
-    return {
-        "name": "timm_convnet",
+        "name": backend,
         "architecture": cfg.architecture,
         "image_size": cfg.image_size,
         "pretrained": weights,

@@ -62,6 +62,29 @@ class Family:
         return list(self.layers_container(model))
 
 
+class FusedQKVFamily(Family):
+    """A family whose attention fuses q/k/v into one projection (GPT-2, MPT): no separate q/k/v/o to extend.
+
+    Subclasses name the fused input projection and the output projection of the attention module.
+    """
+
+    qkv_attr: ClassVar[str]
+    out_attr: ClassVar[str]
+    supports_attention_extension = False
+
+    def qkvo(self, attention: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        separate = sorted(t for t, f in FAMILIES.items() if not isinstance(f, FusedQKVFamily))
+        raise NotImplementedError(
+            f"{self.name} has no separate q/k/v projections: attn.{self.qkv_attr} is one fused projection (output "
+            f"split [q|k|v]); use fused_qkv(attention) -> ({self.qkv_attr}, {self.out_attr}). Separate q/k/v/o "
+            f"exist for: {separate}."
+        )
+
+    def fused_qkv(self, attention: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """``(fused q|k|v projection, output projection)`` of ``attention``."""
+        return getattr(attention, self.qkv_attr), getattr(attention, self.out_attr)
+
+
 FAMILIES: dict[str, Family] = {}
 
 

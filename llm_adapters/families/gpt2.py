@@ -13,31 +13,22 @@ from typing import Any
 from torch import nn
 
 from bridges.base import LMInfo
-from llm_adapters.families.base import FAMILIES, Family, register_family
+from llm_adapters.families.base import FusedQKVFamily, register_family
 
 
-class GPT2Family(Family):
+class GPT2Family(FusedQKVFamily):
     name = "gpt2"
     model_types = ("gpt2",)
     attention_attr = "attn"
     lora_targets = ("c_attn", "attn.c_proj")
-    supports_attention_extension = False
+    qkv_attr = "c_attn"
+    out_attr = "c_proj"
 
     def layers_container(self, model: nn.Module) -> nn.ModuleList:
         return model.transformer.h
 
     def input_norm(self, layer: nn.Module) -> nn.Module:
         return layer.ln_1
-
-    def qkvo(self, attention: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
-        llama_style = sorted(t for t, f in FAMILIES.items() if f.supports_attention_extension)
-        raise NotImplementedError(
-            "GPT-2 has no separate q/k/v projections: attn.c_attn is one fused Conv1D (output split [q|k|v]); "
-            f"use GPT2Family.fused_qkv(attention) -> (c_attn, c_proj). Separate q/k/v/o exist for: {llama_style}."
-        )
-
-    def fused_qkv(self, attention: nn.Module) -> tuple[nn.Module, nn.Module]:
-        return attention.c_attn, attention.c_proj
 
     def info(self, config: Any) -> LMInfo:
         heads = config.n_head

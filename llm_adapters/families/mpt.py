@@ -12,30 +12,22 @@ from typing import Any
 from torch import nn
 
 from bridges.base import LMInfo
-from llm_adapters.families.base import Family, register_family
+from llm_adapters.families.base import FusedQKVFamily, register_family
 
 
-class MPTFamily(Family):
+class MPTFamily(FusedQKVFamily):
     name = "mpt"
     model_types = ("mpt",)
     attention_attr = "attn"
     lora_targets = ("Wqkv", "out_proj")
-    supports_attention_extension = False
+    qkv_attr = "Wqkv"
+    out_attr = "out_proj"
 
     def layers_container(self, model: nn.Module) -> nn.ModuleList:
         return model.transformer.blocks
 
     def input_norm(self, layer: nn.Module) -> nn.Module:
         return layer.norm_1
-
-    def qkvo(self, attention: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
-        raise NotImplementedError(
-            "MPT has no separate q/k/v projections: attn.Wqkv is one fused Linear (output split [q|k|v]); use "
-            "MPTFamily.fused_qkv(attention) -> (Wqkv, out_proj). Separate q/k/v/o exist for llama, qwen2, mistral, opt."
-        )
-
-    def fused_qkv(self, attention: nn.Module) -> tuple[nn.Module, nn.Module]:
-        return attention.Wqkv, attention.out_proj
 
     def info(self, config: Any) -> LMInfo:
         heads = config.n_heads
