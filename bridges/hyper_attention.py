@@ -40,6 +40,7 @@ from bridges.base import (
     LMInfo,
 )
 from bridges.common.gates import SigmoidGate, TanhGate, gate_parameters
+from bridges.common.kv_cache import pop_cache
 from bridges.common.media import MediaSlots
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.rotary import apply_rotary, rotate_at
@@ -184,7 +185,7 @@ class HyperAttentionLayer(nn.Module):
             return attn(hidden_states, **kwargs)
         cos, sin = kwargs.pop("position_embeddings")
         mask_txt = kwargs.pop("attention_mask", None)
-        past = kwargs.pop("past_key_values", None)
+        past = pop_cache(kwargs)
         b, length = hidden_states.shape[:2]
         q, k, v = (rearrange(p(hidden_states), "b l (h d) -> b h l d", d=self.head_dim) for p in self._lm["qkvo"][:3])
         q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])

@@ -9,8 +9,9 @@ Injection is explicit module replacement, never a runtime mixin:
 
 :class:`Injector` records every replacement and :meth:`Injector.detach` undoes them in reverse order, so the module
 tree and the ``state_dict`` keys are exactly the original ones again. While attached, a forward pre-hook on the
-causal LM fills ``InjectionContext.query_positions`` for the current call from the KV-cache length (transformers 5
-decoder layers receive no ``cache_position``), so cached generation steps see their true positions.
+causal LM fills ``InjectionContext.query_positions`` for the current call from the KV-cache length (decoder layers
+receive no ``cache_position`` in transformers 5, and the cache's keyword was renamed in 5.24), so cached generation
+steps see their true positions.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from bridges.base import ContextSlot, Injection
+from bridges.common.kv_cache import find_cache
 from llm_adapters.families.base import Family
 
 
@@ -132,7 +134,12 @@ class Injector:
 
 
 class _QueryPositions:
-    """Forward pre-hook on the causal LM: ``query_positions = cache length + arange(L_q)`` for this call."""
+    """Forward pre-hook on the causal LM: ``query_positions = cache length + arange(L_q)`` for this call.
+
+    The cache length comes from what the public API guarantees: the :class:`~transformers.Cache` object passed to
+    the call (found by type, whatever the keyword is called in the installed release) and its ``get_seq_length()``;
+    without a cache, a 2-D ``attention_mask`` covers past and current tokens, as ``generate`` keeps it.
+    """
 
     def __init__(self, slot: ContextSlot) -> None:
         self.slot = slot
@@ -148,8 +155,18 @@ class _QueryPositions:
             tokens = args[0]
         if tokens is None:
             return
-        past = kwargs.get("past_key_values")
-        offset = past.get_seq_length() if past is not None else 0
         batch, length = tokens.shape[:2]
+        offset = _past_length(args, kwargs, length)
         positions = torch.arange(offset, offset + length, device=tokens.device)
         context.query_positions = positions.expand(batch, length)
+
+
+def _past_length(args: tuple, kwargs: dict, length: int) -> int:
+    """How many tokens precede this call's ``length`` new ones in the sequence (0 for a full forward)."""
+    cache = find_cache([*kwargs.values(), *args])
+    if cache is not None:
+        return cache.get_seq_length()
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.shape[1] - length
+    return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_llm_fakes import train_losses
+from test_llm_fakes import decode_with_cache, train_losses
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, apply_rotary_pos_emb, repeat_kv
 
 from bridges.base import BridgeIO, EncoderInfo, InjectionContext
@@ -263,13 +263,9 @@ def test_cached_decoding_equals_recompute_and_visual_kv_is_computed_once(fusion:
     assert calls == {0: 1, 1: 0, 2: 1}  # once per forward, never for the non-hyper layer
     CountingContext.mask_calls = 0
     with torch.no_grad(), bridge.slot.use(ctx):
-        out = lm.model(input_ids=ids[:, :10], use_cache=True)
-        assert CountingContext.mask_calls == 1  # one mask for both hyper layers
-        steps = [out.logits]
-        for t in range(10, 14):
-            out = lm.model(input_ids=ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
-            steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+        cached = decode_with_cache(lm.model, ids[:, :14], prompt_length=10)
+    assert CountingContext.mask_calls == 5  # one mask per forward (prompt + 4 steps), shared by both hyper layers
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
     assert calls == {0: 2, 1: 0, 2: 2}  # the prompt's visual K/V are reused by every decoding step
 
 

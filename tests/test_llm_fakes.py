@@ -6,6 +6,7 @@ the fakes themselves, so a failure elsewhere is not a fake's fault.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ from bridges.base import (
     LMHost,
     PrefixBridge,
 )
+from bridges.common.kv_cache import find_cache
 from encoders import EncoderSet, ImageTransform
 from encoders.base import VisionEncoder, VisionFeatures, resolve_layers
 from llm_adapters.batch import MultimodalBatch
@@ -197,6 +199,22 @@ def train_losses(model: nn.Module, batch: MultimodalBatch, steps: int = 8, lr: f
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def decode_with_cache(model: nn.Module, ids: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """Logits of an HF causal LM run on ``ids[:, :prompt_length]``, then one token at a time through its KV cache.
+
+    The cache travels by the keyword the installed transformers names in ``forward`` (``cache`` from 5.24,
+    ``past_key_values`` before), and is read back from the output by type.
+    """
+    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=ids[:, :prompt_length], use_cache=True)
+    steps = [out.logits]
+    for t in range(prompt_length, ids.shape[1]):
+        cache = find_cache(out.values())
+        out = model(input_ids=ids[:, t : t + 1], use_cache=True, **{keyword: cache})
+        steps.append(out.logits)
+    return torch.cat(steps, 1)
 
 
 def make_batch(
