@@ -1,18 +1,26 @@
 # Two commands for a newcomer: `make demo` (the main job) and `make test` (the whole suite).
-# Both create .venv on first use and install the package with its dev extras.
+# Both create .venv on first use and install the package with its dev extras, pinned to requirements-lock.txt:
+# the exact versions `make test` was last green with. `make test-latest` installs the newest releases instead.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements-lock.txt
+# The oldest transformers the project supports (the lower bound in pyproject.toml and llm_adapters/versions.py).
+OLDEST_TRANSFORMERS := 5.23.0
+OLDEST_VENV := .venv-oldest
+LATEST_VENV := .venv-latest
+# The tests that reach into transformers' internals (LM families, injection, cached generation, reference parity).
+HF_INTERNALS_TESTS := tests/test_llm_*.py tests/test_bridge_*.py
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install lint clean params bench
+.PHONY: demo test test-suite test-oldest test-latest lock install lint clean params bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,8 +28,32 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/bridgelab demo
 
-test: $(STAMP)
+# The whole suite on the locked versions, then the transformers-facing tests on the oldest supported transformers.
+test: test-suite test-oldest
+
+test-suite: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q
+
+$(OLDEST_VENV)/.installed: $(STAMP)
+	.ci/overlay-venv $(VENV) $(OLDEST_VENV) transformers==$(OLDEST_TRANSFORMERS)
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -m pytest -n 2 --dist loadfile -q -p no:cacheprovider $(HF_INTERNALS_TESTS)
+
+# Drift check: a fresh venv with the newest releases (no lock; transformers even beyond pyproject's upper bound).
+# If it passes, raise the bound (pyproject.toml + llm_adapters/versions.py) and run `make lock`.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --upgrade pip >/dev/null
+	$(LATEST_VENV)/bin/python -m pip install -e '.[dev]'
+	$(LATEST_VENV)/bin/python -m pip install --upgrade transformers
+	$(LATEST_VENV)/bin/python -m pytest -n 2 --dist loadfile -q
+
+# Rewrite the lock from the current .venv (after `make test` passed on it).
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v '^bridgelab' > $(LOCK)
 
 params: $(STAMP)
 	$(VENV)/bin/bridgelab params
@@ -30,4 +62,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf runs outputs multirun .pytest_cache
+	rm -rf runs outputs multirun .pytest_cache $(OLDEST_VENV) $(LATEST_VENV)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import harness_toy
 from encoders.registry import ConfigError
@@ -28,6 +29,7 @@ def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert record["config"]["bridge"]["name"] == "mlp" and record["seed"] == 0
     assert record["git"]["sha"] and record["versions"]["torch"]
     assert record["versions"]["lightning"]
+    assert record["versions"]["transformers"] == transformers.__version__  # issue 8: the release the run used
     assert [s["name"] for s in record["stages"]] == ["align"]
     assert record["stages"][0]["batch"] == {"effective": 8, "micro": 8, "accumulation": 1, "world_size": 1}
     assert set(record["metrics"]) == {"train/loss", "eval/colour/exact_match", "eval/pair/exact_match",
