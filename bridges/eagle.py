@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
 from bridges.common.projector import build_projector, projector_flops
+from bridges.common.checks import at_least
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures
 
@@ -64,6 +65,12 @@ class EagleBridgeConfig:
     expert_projector: str = "mlp2x_gelu"
     layer: int = -1
     pre_align_expert: str | None = None
+    # Eagle fuses experts; with one encoder it is an MLP projector. The harness refuses fewer at config time.
+    min_encoders: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        """Range checks: a bad value fails here, naming the key, the value and the allowed range."""
+        at_least(self, 1, "grid_size", optional=True)
 
 
 def to_grid(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int], unshuffle: int = 1) -> torch.Tensor:

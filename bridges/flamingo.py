@@ -37,6 +37,8 @@ from bridges.common.attention import attend
 from bridges.common.gates import TanhGate, gate_parameters
 from bridges.common.media import MediaSlots
 from bridges.common.resampler import PerceiverResampler, make_activation
+from bridges.common.checks import at_least
+from encoders.registry import ConfigError
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
 
@@ -91,6 +93,12 @@ class FlamingoConfig:
     gate: str = "scalar"
     media_attention: str = "immediate"
 
+    def __post_init__(self) -> None:
+        """Range checks: a bad value fails here, naming the key, the value and the allowed range."""
+        at_least(self, 1, "perceiver_depth", "perceiver_heads", "perceiver_dim_head", "num_latents",
+                 "cross_attn_every_n_layers", "xattn_heads", "xattn_dim_head")
+        at_least(self, 1, "max_num_frames", optional=True)
+
 
 def xattn_layer_indices(config: FlamingoConfig, num_layers: int) -> list[int]:
     """The LM layers that get a gated block in front of them."""
@@ -103,10 +111,18 @@ def xattn_layer_indices(config: FlamingoConfig, num_layers: int) -> list[int]:
     if n < 1:
         raise ValueError(f"cross_attn_every_n_layers must be >= 1, got {n}")
     if config.placement == "openflamingo":
-        return [i for i in range(num_layers) if (i + 1) % n == 0]
-    if config.placement == "idefics":
-        return [i for i in range(num_layers) if i % n == 0]
-    raise ValueError(f"Unknown placement '{config.placement}'. Use one of {_PLACEMENTS}.")
+        layers = [i for i in range(num_layers) if (i + 1) % n == 0]
+    elif config.placement == "idefics":
+        layers = [i for i in range(num_layers) if i % n == 0]
+    else:
+        raise ValueError(f"Unknown placement '{config.placement}'. Use one of {_PLACEMENTS}.")
+    if not layers:
+        raise ConfigError(
+            f"'bridge.cross_attn_every_n_layers' = {n} is out of range for an LM of {num_layers} layer(s): no "
+            f"cross-attention block would be inserted. Allowed: 1 to {num_layers}. "
+            f"Fix: set bridge.cross_attn_every_n_layers to {num_layers} or less."
+        )
+    return layers
 
 
 def _norm(kind: str, dim: int, eps: float) -> nn.Module:

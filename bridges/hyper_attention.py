@@ -44,6 +44,7 @@ from bridges.common.kv_cache import pop_cache
 from bridges.common.media import MediaSlots
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.rotary import apply_rotary, rotate_at
+from bridges.common.checks import at_least
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
 
@@ -79,6 +80,11 @@ class HyperAttentionConfig:
     visibility: str = "strict"
     fusion: str = "adaptive"
     init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        """Range checks: a bad value fails here, naming the key, the value and the allowed range."""
+        if self.hyper_layers is None:
+            at_least(self, 1, "num_hyper_layers")
 
 
 def default_hyper_layers(num_layers: int, count: int) -> list[int]:

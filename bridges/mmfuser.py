@@ -30,6 +30,7 @@ from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, Pr
 from bridges.common.attention import attend
 from bridges.common.deformable import MSDeformAttn, ms_deform_attn_flops, reference_points_grid
 from bridges.common.projector import build_projector, projector_flops
+from bridges.common.checks import at_least
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
 
@@ -75,6 +76,10 @@ class MMFuserConfig:
     init_values: float = 0.0
     norm_eps: float = 1e-6
     projector: str = "mlp2x_gelu"
+
+    def __post_init__(self) -> None:
+        """Range checks: a bad value fails here, naming the key, the value and the allowed range."""
+        at_least(self, 1, "num_heads", "num_points")
 
 
 class DenseAttn(nn.Module):

@@ -28,6 +28,7 @@ from torch import nn
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
 from bridges.common.bert_layers import BertSpec, QFormer
 from bridges.common.features import encoder_features, layer_tokens
+from bridges.common.checks import at_least, divisible, in_unit_interval
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
 
@@ -79,6 +80,13 @@ class QFormerConfig:
     ln_vision: bool = True
     select_layer: int = -1
     with_cls: bool = True
+
+    def __post_init__(self) -> None:
+        """Range checks: a bad value fails here, naming the key, the value and the allowed range."""
+        at_least(self, 1, "num_query_tokens", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                 "cross_attention_freq")
+        divisible(self, "hidden_size", "num_heads")
+        in_unit_interval(self, "dropout", "attention_dropout")
 
 
 @BRIDGES.register("qformer", QFormerConfig)

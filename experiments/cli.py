@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 COMMANDS = ("train", "sweep", "demo", "table", "params")
+# per-run scores the demo writes beside its table (RUNS_DIR/scores.csv)
+DEMO_SCORE_COLUMNS = ("bridge", "task", "seed", "exact_match", "n", "chance", "random_image", "text_ceiling", "status")
 
 
 def _usage() -> str:
@@ -34,23 +36,35 @@ def _table(argv: Sequence[str]) -> int:
     parser.add_argument("runs_dir")
     parser.add_argument("--format", choices=("markdown", "latex"), default="markdown")
     args = parser.parse_args(list(argv))
-    print(results_table(args.runs_dir, args.format))
+    try:
+        print(results_table(args.runs_dir, args.format))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"bridgelab table: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
 def results_table(runs_dir: str, fmt: str = "markdown") -> str:
-    """Mean +- std over seeds per (bridge, task) with the budget columns (``experiments.analysis``)."""
+    """Mean +- std over seeds per bridge, task and differing config key, with the budget columns.
+
+    Raises:
+        ValueError: no run under ``runs_dir`` has finished (the message lists the others and their errors).
+    """
     from experiments.analysis import load_runs, summarize, to_latex, to_markdown
 
     df = load_runs(runs_dir)
+    if df.empty:
+        raise ValueError(f"{runs_dir} holds no run directory (no run.json below it).")
+    unfinished = df[df["status"] != "finished"].drop_duplicates("run_dir")
+    report = f"{len(unfinished)} run(s) not finished: " + ", ".join(
+        f"{r.run} ({r.status}{': ' + str(r.error) if isinstance(r.error, str) and r.error else ''})"
+        for r in unfinished.itertuples()
+    )
+    if not (df["status"] == "finished").any():
+        raise ValueError(f"no finished run under {runs_dir} to tabulate. {report}")
     table = summarize(df)
     text = to_markdown(table) if fmt == "markdown" else to_latex(table)
-    unfinished = df[df["status"] != "finished"].drop_duplicates("run_dir")
-    if len(unfinished):
-        text += f"\n\n{len(unfinished)} run(s) not finished: " + ", ".join(
-            f"{r.run} ({r.status}{': ' + str(r.error) if r.error else ''})" for r in unfinished.itertuples()
-        )
-    return text
+    return text + (f"\n\n{report}" if len(unfinished) else "")
 
 
 def _params(argv: Sequence[str]) -> int:
@@ -69,17 +83,24 @@ def _demo(argv: Sequence[str]) -> int:
     from experiments.harness.config import compose
 
     overrides = ["experiment=quick_ablation", *argv]
-    launch(overrides, multirun=True)
+    status = launch(overrides, multirun=True)
     plain = [o for o in overrides if "," not in o.partition("=")[2] and not o.startswith(("hydra", "--"))]
     runs_dir = str(compose(plain).run_dir)
-    print(results_table(runs_dir))
+    table = results_table(runs_dir)
+    print(table)
     from experiments.analysis import load_runs, plot_learning_curves, plot_tradeoffs
 
     df = load_runs(runs_dir)
+    (Path(runs_dir) / "table.md").write_text(table + "\n")
+    columns = [c for c in DEMO_SCORE_COLUMNS if c in df]
+    df[df["task"].notna()][columns].sort_values(["bridge", "task", "seed"]).to_csv(
+        Path(runs_dir) / "scores.csv", index=False
+    )
+    print(f"wrote {Path(runs_dir) / 'table.md'} and {Path(runs_dir) / 'scores.csv'} (one row per run and task)")
     plots = Path(runs_dir) / "plots"
     for path in [*plot_tradeoffs(df, plots), plot_learning_curves(df, plots / "learning_curves.png")]:
         print(f"wrote {path}")
-    return 0
+    return status
 
 
 def _quiet_model_loading() -> None:
@@ -110,8 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in ("train", "sweep"):
             from experiments.harness.app import launch
 
-            launch(rest, multirun=command == "sweep")
-            return 0
+            return launch(rest, multirun=command == "sweep")
         if command == "demo":
             return _demo(rest)
         if command == "table":

@@ -34,12 +34,14 @@ def plot_tradeoffs(
 
     Returns the written PNG paths. Chance and text-only ceiling are drawn when the tasks record them.
     """
-    table = summarize(df, by=("bridge", "task"), metric=metric)
+    table = summarize(df, metric=metric)  # one point per bridge and differing config (never pooled configs)
+    extra = [k for k in table.attrs["group_keys"] if k not in ("bridge", "task")]
+    table["label"] = [" ".join([str(r["bridge"]), *(f"{k}={r[k]}" for k in extra)]) for _, r in table.iterrows()]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = sorted(table["task"].dropna().unique())
-    bridges = sorted(table["bridge"].dropna().unique())
-    style = {b: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, b in enumerate(bridges)}  # same look in every panel
+    labels = sorted(table["label"].unique())
+    style = {b: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, b in enumerate(labels)}  # same look in every panel
     written = []
     for x in x_columns:
         if x not in table or table[x].isna().all():
@@ -48,10 +50,10 @@ def plot_tradeoffs(
         for ax, task in zip(axes[0], tasks):
             rows = table[table["task"] == task]
             for _, row in rows.iterrows():
-                colour, marker = style[row["bridge"]]
+                colour, marker = style[row["label"]]
                 std = row[f"{metric}_std"]
                 ax.errorbar(row[x], row[f"{metric}_mean"], yerr=0 if pd.isna(std) else std, fmt=marker,
-                            color=colour, capsize=3, label=row["bridge"])
+                            color=colour, capsize=3, label=row["label"])
             for level, line in (("chance", ":"), ("text_ceiling", "--")):
                 if level in rows and rows[level].notna().any():
                     ax.axhline(rows[level].mean(), color="grey", linestyle=line, linewidth=1, label=level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import pandas as pd
@@ -17,13 +18,47 @@ BUDGET_COLUMNS = (
 REFERENCE_COLUMNS = ("chance", "random_image", "text_ceiling")
 
 
+# Config keys that never separate rows: the seed (what a row averages over), labels and bookkeeping that do not
+# change results (the harness's NON_SEMANTIC_KEYS), and by_bridge (its effect is already in the merged sections).
+IGNORED_CONFIG_PREFIXES = (
+    "seed", "name", "run_dir", "resume", "tags", "by_bridge", "trainer.loggers", "trainer.progress_bar",
+    "train.num_workers", "train.checkpoint_every_n_steps", "train.log_every_n_steps", "plugins",
+)
+
+
+def varying_config_keys(df: pd.DataFrame, within: Sequence[str] = ("bridge", "task")) -> list[str]:
+    """The ``cfg.<key>`` columns whose value differs between rows of one ``within`` group (seed excepted): the
+    swept or otherwise differing settings that a table must keep apart rather than average over."""
+    columns = [c for c in df.columns if c.startswith("cfg.") and not _ignored(c[len("cfg."):])]
+    if df.empty or not columns:
+        return []
+    keys = [k for k in within if k in df]
+    filled = df[columns].astype(str)  # NaN and lists compare as text
+    if keys:
+        counts = filled.groupby([df[k].astype(str) for k in keys]).nunique()
+        varying = counts.columns[(counts > 1).any()]
+    else:
+        varying = filled.columns[filled.nunique() > 1]
+    return [c for c in columns if c in set(varying)]
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in IGNORED_CONFIG_PREFIXES)
+
+
 def summarize(
     df: pd.DataFrame,
-    by: Sequence[str] = ("bridge", "task"),
+    by: Sequence[str] | None = None,
     metric: str = "exact_match",
     only_finished: bool = True,
+    pool: bool = False,
 ) -> pd.DataFrame:
     """Aggregate over seeds: ``<metric>_mean``, ``<metric>_std``, ``seeds``, and the mean budget columns.
+
+    ``by=None`` groups by bridge, task and every config key that differs between runs of one bridge (a sweep over
+    ``bridge.num_latents=4,8`` gives one row per value, with a ``bridge.num_latents`` column), so only seeds are
+    ever averaged. An explicit ``by`` that would average runs of different configs raises a ``ValueError`` naming
+    the keys; ``pool=True`` averages them anyway, with a warning.
 
     Rows whose budget differs a lot between bridges are exactly what a fairness question is about, so the
     budget stays next to the score instead of in another table.
@@ -34,14 +69,32 @@ def summarize(
     data = data.dropna(subset=[metric])
     if data.empty:
         raise ValueError(f"No finished run has a '{metric}' score yet.")
-    grouped = data.groupby(list(by), dropna=False)
+    if by is None:
+        keys = ["bridge", "task"]
+        varying = varying_config_keys(data, keys)
+        data = data.rename(columns={c: c[len("cfg."):] for c in varying})
+        keys += [c[len("cfg."):] for c in varying]
+    else:
+        keys = list(by)
+        mixed = [c[len("cfg."):] for c in varying_config_keys(data, keys) if c[len("cfg."):] not in keys]
+        if mixed and not pool:
+            raise ValueError(
+                f"summarize(by={keys}) would average runs with different configs (they differ at: "
+                f"{', '.join(mixed[:8])}). Fix: leave by=None (groups by every differing key), add these keys to by "
+                "(as 'cfg.<key>'), or pass pool=True to average them anyway."
+            )
+        if mixed:
+            warnings.warn(f"summarize: pooling runs that differ at {', '.join(mixed[:8])} (pool=True)", stacklevel=2)
+    grouped = data.groupby(keys, dropna=False)
     out = grouped[metric].agg(["mean", "std", "count"]).rename(
         columns={"mean": f"{metric}_mean", "std": f"{metric}_std", "count": "seeds"}
     )
     extra = [c for c in (*REFERENCE_COLUMNS, *BUDGET_COLUMNS) if c in data and data[c].notna().any()]
     if extra:
         out = out.join(grouped[extra].mean(numeric_only=True))
-    return out.reset_index()
+    out = out.reset_index()
+    out.attrs["group_keys"] = keys
+    return out
 
 
 def _fmt_int(value: float) -> str:
@@ -56,7 +109,8 @@ def _fmt_int(value: float) -> str:
 def _display(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     shown = table.copy()
     mean, std = shown.pop(f"{metric}_mean"), shown.pop(f"{metric}_std")
-    shown.insert(len([c for c in shown.columns if c in ("bridge", "task")]), metric,
+    keys = table.attrs.get("group_keys", ["bridge", "task"])
+    shown.insert(len([c for c in shown.columns if c in keys]), metric,
                  [f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}" for m, s in zip(mean, std)])
     for column in ("trainable_params", "flops_per_sample"):
         if column in shown:

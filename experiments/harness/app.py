@@ -15,6 +15,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -22,11 +23,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.harness.config import compose, first_values, is_sweep_value, validate_config
-from experiments.harness.rundir import STATUS_FAILED, RunDir, now_iso
+from experiments.harness.config import cli_wins, compose, first_values, is_sweep_value, validate_config
+from experiments.harness.rundir import STATUS_FAILED, RunDir, RunRefused, now_iso
 from experiments.harness.runner import RunResult, run
 
 log = logging.getLogger("bridgelab")
+
+# Run directories of the jobs of this process that failed (a sweep with failed members exits non-zero).
+FAILED: list[str] = []
 
 
 def _job_overrides() -> list[str]:
@@ -40,13 +44,17 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
     run_dir = hc.runtime.output_dir
     cfg = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
     cfg = OmegaConf.create(cfg)
+    cli_wins(cfg, _job_overrides(), list(hc.runtime.choices.keys()))
     tags = dict(cfg.get("tags") or {})
     tags.setdefault("overrides", _job_overrides())
     cfg.tags = tags
     try:
         result: RunResult = run(cfg, run_dir=run_dir)
+    except RunRefused:
+        raise  # the directory holds another run: touch nothing, stop the sweep, exit non-zero
     except Exception as err:  # noqa: BLE001 - a failing member must not stop the sweep
         record_failure(run_dir, cfg, err)
+        FAILED.append(run_dir)
         if not multirun:
             raise
         log.error("Run %s failed: %s: %s (recorded in its run.json)", run_dir, type(err).__name__, err)
@@ -58,9 +66,11 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
 
 def record_failure(run_dir: str, cfg: DictConfig, err: BaseException) -> None:
     """Make sure a failed job says so in its run directory, even when it failed before the run started (an invalid
-    config): ``run`` records failures itself once it has validated the config."""
+    config): ``run`` records failures itself once it has validated the config. An existing ``run.json`` is never
+    rewritten here: it belongs to a run that this job did not start (it may be finished), or ``run`` recorded the
+    failure already."""
     rd = RunDir(run_dir)
-    if rd.exists() and rd.status() == STATUS_FAILED:
+    if rd.exists():
         return
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
@@ -96,21 +106,49 @@ def sweep_dirname_override(overrides: Sequence[str], cfg: DictConfig) -> str:
     return f"hydra.job.config.override_dirname.exclude_keys=[{quoted}]"
 
 
-def launch(overrides: Sequence[str], multirun: bool = False, program: str = "bridgelab") -> None:
+def launch(overrides: Sequence[str], multirun: bool = False, program: str = "bridgelab") -> int:
     """Run the Hydra app with ``overrides`` (``multirun``: a sweep), as if they were given on the command line.
+
+    Returns the exit status: 0, or 1 when a job failed (a sweep goes on past failed members, then reports them) or
+    was refused (its directory holds a run of another config; Hydra prints why and the sweep stops there).
 
     Raises:
         ConfigError: the composed config is invalid (checked before any run starts).
     """
     overrides = list(overrides)
+    FAILED.clear()
+    started = now_iso()
+    sweep_root: str | None = None
     if not any(o.startswith("-") for o in overrides):  # --cfg, --help, --info: let Hydra answer
         cfg = preflight(overrides)
         if multirun or cfg.hydra.mode == RunMode.MULTIRUN:
             overrides.append(sweep_dirname_override(overrides, cfg))
+            sweep_root = str(cfg.hydra.sweep.dir)
     argv = [program, *(["--multirun"] if multirun else []), *overrides]
     saved = sys.argv
     sys.argv = argv
     try:
         _hydra_main()
+    except SystemExit as err:  # Hydra reports a job's exception itself and exits 1
+        return int(err.code or 0) if not isinstance(err.code, str) else 1
     finally:
         sys.argv = saved
+    failed = sorted(set(FAILED) | set(failed_since(sweep_root, started) if sweep_root else []))
+    if failed:
+        log.error("%d run(s) failed: %s (see their run.json)", len(failed), ", ".join(failed))
+        return 1
+    return 0
+
+
+def failed_since(root: str, since: str) -> list[str]:
+    """Run directories under ``root`` recorded as failed at or after ``since`` (ISO time): the members that failed
+    in worker processes (``launcher=joblib``), whose outcome does not come back to this process."""
+    found = []
+    for path in Path(root).glob("**/run.json"):
+        try:
+            record = RunDir(path.parent).read()
+        except (OSError, ValueError):
+            continue
+        if record.get("status") == STATUS_FAILED and str(record.get("updated", "")) >= since:
+            found.append(str(path.parent))
+    return found

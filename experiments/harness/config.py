@@ -21,9 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from encoders.registry import ConfigError, merge_config
+from experiments.harness.checks import check_components, check_ranges, component_registry
 
 CONFIG_MODULE = "experiments.configs"
 
@@ -151,8 +152,9 @@ class RunConfig:
         by_bridge: per bridge name, a config fragment merged onto the whole config when the run's bridge has
             that name, e.g. ``{qformer: {bridge: {num_query_tokens: 16}}, eagle: {encoder: {...two experts...}}}``.
             One sweep over ``bridge=...`` can so size each bridge (and give Eagle its second expert); ``run.json``
-            records the merged result. It is applied after composition, so its values win over CLI overrides
-            of the same keys: override ``by_bridge.<name>.<key>`` instead.
+            records the merged result. The command line still wins: a key set on the command line (e.g.
+            ``bridge.num_latents=32``) replaces that key in every fragment (:func:`cli_wins`), so a preset's
+            fragment never brings an overridden value back.
         tags: free-form labels copied to ``run.json`` (e.g. the sweep axis values).
     """
 
@@ -241,16 +243,13 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig | RunConfig) -> RunConfi
         raise ConfigError(f"A run config must be a mapping, got {type(data).__name__}")
     data = {k: v for k, v in data.items() if k != "hydra"}
     _check_keys(data, RunConfig, "")
-    data = _apply_by_bridge(data)
+    data = _canonical_plugin_name(_apply_by_bridge(data))
     _check_keys(data, RunConfig, "")
     run = merge_config(RunConfig, data)
     if not run.stages:
         raise ConfigError("'stages' is empty: declare at least one stage (e.g. stages=align).")
-    for stage_name, stage in run.stages.items():
-        if stage.max_steps < 1:
-            raise ConfigError(f"'stages.{stage_name}.max_steps' must be >= 1, got {stage.max_steps}.")
-        if not stage.trainable:
-            raise ConfigError(f"'stages.{stage_name}.trainable' is empty: name at least one parameter group.")
+    check_ranges(run)
+    check_components(run)
     return run
 
 
@@ -276,6 +275,51 @@ def _apply_by_bridge(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(bridge, str):
         data = {**data, "bridge": {"name": bridge}}
     return _deep_merge(data, fragment)
+
+
+def _canonical_plugin_name(data: dict[str, Any]) -> dict[str, Any]:
+    """``bridge.name=pkg.mod:name`` becomes ``bridge.name=name`` with ``pkg.mod`` in ``plugins``: the same plug-in
+    named either way is the same config (and gets the same config hash)."""
+    bridge = data.get("bridge")
+    name = bridge.get("name") if isinstance(bridge, Mapping) else None
+    if not isinstance(name, str) or ":" not in name:
+        return data
+    module, _, short = name.partition(":")
+    plugins = list(data.get("plugins") or [])
+    return {**data, "bridge": {**bridge, "name": short}, "plugins": plugins + ([module] if module not in plugins else [])}
+
+
+def cli_wins(cfg: DictConfig, overrides: Sequence[str], groups: Sequence[str] = ()) -> DictConfig:
+    """Make the command line win over ``by_bridge`` fragments (merge order: ... < experiment < command line).
+
+    Hydra has already put each ``key=value`` override into ``cfg``; a preset's ``by_bridge.<name>`` fragment that
+    sets the same key would overwrite it when :func:`validate_config` merges the fragment. So each such key is set to
+    the command line's value in every fragment that sets it (or that replaces the key's whole section, as an
+    ``encoder`` fragment does). ``groups`` are the config-group names (``bridge=perceiver`` picks an option, it sets
+    no key). Returns ``cfg``, changed in place.
+    """
+    table = cfg.get("by_bridge") if isinstance(cfg, DictConfig) else None
+    if not table:
+        return cfg
+    for override in overrides:
+        raw_key, sep, _ = override.partition("=")
+        key = raw_key.lstrip("+")
+        if not sep or raw_key.startswith("~") or key in groups or "/" in key or "@" in key:
+            continue
+        if key.split(".")[0] in ("hydra", "by_bridge") or OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+            continue
+        node = OmegaConf.select(cfg, key)
+        value = OmegaConf.to_container(node, resolve=False) if isinstance(node, (DictConfig, ListConfig)) else node
+        head = key.split(".")[0]
+        with open_dict(table):
+            for fragment in table.values():
+                if not isinstance(fragment, DictConfig):
+                    continue
+                sets_key = OmegaConf.select(fragment, key, default="<missing>") != "<missing>"
+                if sets_key or (head == "encoder" and "encoder" in fragment and key != head):
+                    with open_dict(fragment):
+                        OmegaConf.update(fragment, key, value, merge=False, force_add=True)
+    return cfg
 
 
 def config_dict(run: RunConfig) -> dict[str, Any]:
@@ -342,7 +386,12 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config", with_hyd
     overrides = list(overrides)
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         try:
-            return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
+            cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+            cli_wins(cfg, overrides, list(cfg.hydra.runtime.choices.keys()))
+            if not with_hydra:
+                with open_dict(cfg):
+                    del cfg["hydra"]
+            return cfg
         except ConfigCompositionException as err:
             key = _missing_key(str(err))
             if key is None:
@@ -363,11 +412,18 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config", with_hyd
 def schema_keys(path: str, node: Any = None) -> list[str]:
     """The field names a config node at dotted ``path`` accepts: from :class:`RunConfig` for the harness sections,
     from the registered component's config dataclass for ``bridge``/``llm``/``encoder``/``data`` (by its ``name``)."""
-    head = path.split(".")[0] if path else ""
+    parts = path.split(".") if path else []
+    path_bridge = parts[1] if len(parts) >= 2 else None
+    by_bridge = len(parts) >= 3 and parts[0] == "by_bridge"
+    if by_bridge:  # by_bridge.<bridge name>.<a config path>: the schema of that path, the bridge named by the entry
+        path, parts = ".".join(parts[2:]), parts[2:]
+    head = parts[0] if parts else ""
     name = node.get("name") if isinstance(node, DictConfig) else None
-    if head in ("bridge", "llm", "encoder", "data") and "." not in path and isinstance(name, str):
+    if by_bridge and head == "bridge" and not isinstance(name, str):
+        name = path_bridge
+    if head in ("bridge", "llm", "encoder", "data") and len(parts) == 1 and isinstance(name, str):
         try:
-            entry = _component_registry(head).get(name)
+            entry = component_registry(head).get(name)
             return [f.name for f in dataclasses.fields(entry.config_cls)]
         except Exception:  # noqa: BLE001 - best effort: fall back to the keys that are present
             return []
@@ -382,24 +438,6 @@ def schema_keys(path: str, node: Any = None) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 
 
-def _component_registry(kind: str) -> Any:
-    if kind == "bridge":
-        import bridges  # noqa: F401
-
-        return bridges.BRIDGES
-    if kind == "llm":
-        from llm_adapters import LLMS
-
-        return LLMS
-    if kind == "encoder":
-        from encoders import ENCODERS
-
-        return ENCODERS
-    from experiments.harness.data import DATA_SOURCES
-
-    return DATA_SOURCES
-
-
 def is_sweep_value(value: str) -> bool:
     """Whether an override value lists several values (``a,b``) or calls a sweep function (``range(0,3)``)."""
     return bool(re.match(r"^\w+\(", value)) or ("," in value and not value.startswith(("[", "{", "'", '"')))
@@ -407,10 +445,14 @@ def is_sweep_value(value: str) -> bool:
 
 def first_values(overrides: Sequence[str]) -> list[str]:
     """Sweep overrides reduced to their first value (``bridge=mlp,qformer`` -> ``bridge=mlp``) for a pre-flight check;
-    overrides with sweep functions (``range(...)``, ``choice(...)``, globs) are left out."""
+    overrides with sweep functions (``range(...)``, ``choice(...)``, globs) and flags (``--cfg``) are left out,
+    deletions (``~bridge``) kept."""
     out = []
     for override in overrides:
         key, sep, value = override.partition("=")
+        if not sep and override.startswith("~"):  # a deletion ('~bridge') has no value: keep it as it is
+            out.append(override)
+            continue
         if not sep or override.startswith("--") or re.match(r"^\w+\(", value):
             continue
         if is_sweep_value(value):
