@@ -1,19 +1,20 @@
-"""Evaluation by generation: exact match on short answers, per task and per question type.
+"""Scoring of a task's predictions: its metric (:mod:`experiments.evaluation`), exact match, per question type.
 
 Predictions and scores are kept apart: ``eval/<task>/predictions.jsonl`` holds what the model said, and
-:func:`score` recomputes ``scores.json`` from it alone, so a new metric never needs a new inference pass.
+:func:`score` recomputes ``scores.json`` from it alone, so a new metric never needs a new inference pass. The
+metric is the task's (``metric=``, else the records' ``meta["metric"]``, else exact match).
 """
 
 from __future__ import annotations
 
-import re
-import string
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-_SPACE = re.compile(r"\s+")
+from experiments.evaluation.metrics import get_metric, sample_value, score_records, task_metric
+from experiments.evaluation.metrics.exact import exact_match, normalize_answer
+
+__all__ = ["exact_match", "normalize_answer", "prediction_records", "reference_levels", "score"]
 
 # sample meta keys that name a sub-category of a task (the first one present is used for per-type scores)
 CATEGORY_KEYS = ("qtype", "question_type", "category")
@@ -21,36 +22,31 @@ CATEGORY_KEYS = ("qtype", "question_type", "category")
 REFERENCE_KEYS = ("chance", "random_image", "text_ceiling")
 
 
-def normalize_answer(text: str) -> str:
-    """Lower case, punctuation dropped, whitespace collapsed (``" Top-left. "`` -> ``"top left"``)."""
-    return _SPACE.sub(" ", _PUNCT.sub(" ", text.lower())).strip()
-
-
-def exact_match(prediction: str, answer: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(answer)
-
-
 def prediction_records(
-    samples: Sequence[Mapping[str, Any]], predictions: Iterable[Mapping[str, Any]], task: str
+    samples: Sequence[Mapping[str, Any]], predictions: Iterable[Mapping[str, Any]], task: str,
+    metric: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Join model outputs (``index``, ``prediction``) with their samples into ``predictions.jsonl`` records."""
+    """Join model outputs (``index``, ``prediction``, optional extras such as ``option_logprobs``) with their
+    samples into ``predictions.jsonl`` records; ``correct`` is the record's value under the task's metric
+    (exact match by default; ``None`` for corpus metrics such as captioning)."""
+    metric = metric or task_metric(task, None, samples)
     out = []
     for pred in predictions:
         sample = samples[int(pred["index"])]
         answer = str(sample.get("answer", ""))
         meta = {k: v for k, v in dict(sample.get("meta") or {}).items() if _jsonable(v)}
         meta = {**reference_levels(meta, answer), **meta}
-        out.append(
-            {
-                "index": int(pred["index"]),
-                "task": task,
-                "prompt": sample.get("text", ""),
-                "prediction": pred["prediction"],
-                "answer": answer,
-                "correct": exact_match(str(pred["prediction"]), answer),
-                "meta": meta,
-            }
-        )
+        record = {
+            "index": int(pred["index"]),
+            "task": task,
+            "prompt": sample.get("text", ""),
+            "prediction": pred["prediction"],
+            "answer": answer,
+            "meta": meta,
+        }
+        record["correct"] = sample_value(record, metric)
+        record.update({k: v for k, v in pred.items() if k not in record})
+        out.append(record)
     return out
 
 
@@ -74,22 +70,35 @@ def reference_levels(meta: Mapping[str, Any], answer: str) -> dict[str, float]:
     return out
 
 
-def score(records: Sequence[Mapping[str, Any]], task: str = "") -> dict[str, Any]:
-    """``scores.json`` from prediction records: exact match overall and per question type, sample counts.
+def score(records: Sequence[Mapping[str, Any]], task: str = "", metric: str | None = None) -> dict[str, Any]:
+    """``scores.json`` from prediction records: the metric's scores (``metric``, ``score`` and its own keys),
+    exact match, both per question type, sample counts.
 
-    Correctness is recomputed from ``prediction`` and ``answer``, not read from the records.
+    Everything is recomputed from ``prediction``, ``answer`` and ``meta``, never read from ``correct``.
     """
     n = len(records)
+    metric = get_metric(metric).name if metric else task_metric(task, None, records)
     correct = [exact_match(str(r["prediction"]), str(r["answer"])) for r in records]
-    out: dict[str, Any] = {"task": task, "n": n, "exact_match": (sum(correct) / n) if n else float("nan")}
-    by: dict[str, list[bool]] = defaultdict(list)
-    for r, ok in zip(records, correct):
+    out: dict[str, Any] = {"task": task, "n": n}
+    if n:
+        out.update(score_records(records, metric))
+    else:
+        out.update({"metric": metric, "score": float("nan")})
+    out["exact_match"] = (sum(correct) / n) if n else float("nan")
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
         meta = r.get("meta") or {}
         key = next((k for k in CATEGORY_KEYS if k in meta), None)
         if key is not None:
-            by[str(meta[key])].append(ok)
+            by[str(meta[key])].append(i)
     if by:
-        out["per_type"] = {k: {"exact_match": sum(v) / len(v), "n": len(v)} for k, v in sorted(by.items())}
+        out["per_type"] = {}
+        for name, rows in sorted(by.items()):
+            part = [records[i] for i in rows]
+            entry: dict[str, Any] = {"exact_match": sum(correct[i] for i in rows) / len(rows), "n": len(rows)}
+            if metric != "exact_match":
+                entry["score"] = score_records(part, metric)["score"]
+            out["per_type"][name] = entry
     for key in REFERENCE_KEYS:
         values = [r["meta"][key] for r in records if isinstance((r.get("meta") or {}).get(key), (int, float))]
         if values:
