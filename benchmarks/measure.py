@@ -4,8 +4,9 @@
   measurements runs the call ``number`` times, with ``number`` chosen from the warm-up so that one measurement lasts
   about ``min_block_s``; the report gives the median and the inter-quartile range of the per-call times. Calls
   that are compared (ours and the reference) are measured interleaved, since the machine's load drifts.
-* FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` under ``sdpa_kernel(SDPBackend.MATH)``, since the CPU
-  flash-attention kernel is not counted (its math decomposition is).
+* FLOPs: :func:`experiments.harness.efficiency.count_call_flops`, the routine ``efficiency.json`` uses too
+  (``FlopCounterMode`` under ``sdpa_kernel(SDPBackend.MATH)``, since the CPU flash-attention kernel is not counted
+  and its math decomposition is).
 * Peak memory: on CUDA the rise of ``max_memory_allocated`` over the allocation before the call; on CPU the peak of
   the running sum of the allocations and frees recorded by ``torch.profiler`` (``profile_memory=True``) during the
   call, i.e. the tensor memory the call holds at its worst (caching and fragmentation of the C allocator excluded).
@@ -23,9 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.benchmark import Timer
-from torch.utils.flop_counter import FlopCounterMode
 
 Call = Callable[[], Any]
 
@@ -125,11 +124,22 @@ def _summary(times: list[float], number: int) -> dict[str, Any]:
 
 
 def count_flops(fn: Call, custom_mapping: dict[Any, Any] | None = None) -> int:
-    """Forward FLOPs (2 x multiply-adds) counted by ``FlopCounterMode``, attention through its math decomposition."""
-    counter = FlopCounterMode(display=False, custom_mapping=custom_mapping or {})
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-        fn()
-    return int(counter.get_total_flops())
+    """Forward FLOPs of ``fn()`` (no autograd), counted by the project's one routine,
+    :func:`experiments.harness.efficiency.count_call_flops` (attention through SDPA's math backend)."""
+    from experiments.harness.efficiency import count_call_flops  # imported here: it loads the harness (seconds)
+
+    def run() -> None:
+        with torch.no_grad():
+            fn()
+
+    return count_call_flops(run, custom_mapping)
+
+
+def flop_method() -> str:
+    """How :func:`count_flops` counts (recorded beside the counts)."""
+    from experiments.harness.efficiency import FLOP_METHOD
+
+    return FLOP_METHOD
 
 
 def memory_method(device: torch.device) -> str:

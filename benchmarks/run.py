@@ -32,6 +32,7 @@ from benchmarks.case import CASES, SIZES, Case
 from benchmarks.measure import (
     Settings,
     count_flops,
+    flop_method,
     forward,
     forward_backward,
     memory_method,
@@ -193,6 +194,7 @@ def run_benchmarks(
         "repeats": settings.repeats,
         "warmup": settings.warmup,
         "memory_method": memory_method(dev),
+        "flop_method": flop_method(),
         "parity_atol": ATOL,
         "parity_rtol": RTOL,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

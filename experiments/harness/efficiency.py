@@ -3,7 +3,8 @@
 * visual tokens per media item (a prefix bridge's T; an inject bridge's memory length);
 * total parameters and the parameters trained in each stage (and in any stage);
 * FLOPs per sample, counted by ``torch.utils.flop_counter`` on one forward and one forward+backward of real
-  training samples of each task (multi-image tasks cost more), plus the bridge's own FLOPs per media item;
+  training samples of each task (multi-image tasks cost more), plus the bridge's own FLOPs per media item; how they
+  were counted is recorded beside the figure (``flops_method``);
 * training samples/s and wall time per stage, and peak memory (CUDA allocated, and the process's peak RSS).
 """
 
@@ -14,23 +15,50 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+from bridges.common.deformable import grid_sample_flop_mapping
+
+#: How :func:`count_call_flops` counts, recorded beside every figure it produces (``efficiency.json``, ``make bench``,
+#: the scaling study).
+FLOP_METHOD = (
+    "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add of matmul, conv and attention); "
+    "scaled_dot_product_attention forced to its math backend (sdpa_kernel(SDPBackend.MATH)) so attention is counted "
+    "on every device (fused CPU kernels have no counter formula); grid_sample counted as 8 FLOPs per bilinear sample; "
+    "elementwise ops, norms and softmax not counted"
+)
+
+
+def count_call_flops(fn: Callable[[], Any], custom_mapping: Mapping[Any, Any] | None = None) -> int:
+    """FLOPs of ``fn()`` as :data:`FLOP_METHOD` says; ``fn`` decides about autograd (a backward inside is counted).
+
+    The one FLOP-counting routine of the project: ``efficiency.json``, ``benchmarks.run`` and ``benchmarks.scaling``
+    all count through it.
+    """
+    mapping = {**grid_sample_flop_mapping(), **dict(custom_mapping or {})}
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def count_flops(model: nn.Module, batch: Any, backward: bool = False) -> int:
     """FLOPs of ``model(batch)`` (and of its backward pass when ``backward``); gradients are cleared after."""
     was_training = model.training
     model.train(backward)
+
+    def forward_backward() -> None:
+        loss = model(batch).loss
+        if loss.requires_grad:
+            loss.backward()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(batch)
+
     try:
-        with FlopCounterMode(display=False) as counter:
-            if backward:
-                loss = model(batch).loss
-                if loss.requires_grad:
-                    loss.backward()
-            else:
-                with torch.no_grad():
-                    model(batch)
-        return int(counter.get_total_flops())
+        return count_call_flops(forward_backward if backward else forward)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
@@ -108,6 +136,7 @@ def summarise(
         "total_params": total,
         "trainable_params": ever_trainable,
         "flops_per_sample": (sum(fwd) / len(fwd)) if fwd else None,
+        "flops_method": FLOP_METHOD if fwd else None,
         "train_samples_per_s": last.get("samples_per_s"),
         "peak_memory_mb": max(mem) if mem else None,
         "memory_kind": "cuda_allocated" if any("peak_gpu_mem_mb" in v for v in stage_perf.values()) else "cpu_rss",
