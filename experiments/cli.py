@@ -113,6 +113,20 @@ def _quiet_model_loading() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _interruptible(command: str, rest: Sequence[str]) -> int:
+    """train/sweep/demo with SIGTERM/SIGINT ending them as interrupted: exit 128 + signal, rerun resumes."""
+    from experiments.harness.app import launch
+    from experiments.harness.signals import RunInterrupted, interrupt_on_signals
+
+    try:
+        with interrupt_on_signals():
+            return _demo(rest) if command == "demo" else launch(rest, multirun=command == "sweep")
+    except RunInterrupted as err:
+        print(f"bridgelab {command}: {err}. The running run is recorded as interrupted; run the same command again "
+              "to resume it.", file=sys.stderr)
+        return err.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bridgelab`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -128,12 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from encoders.registry import ConfigError, RegistryError
 
     try:
-        if command in ("train", "sweep"):
-            from experiments.harness.app import launch
-
-            return launch(rest, multirun=command == "sweep")
-        if command == "demo":
-            return _demo(rest)
+        if command in ("train", "sweep", "demo"):
+            return _interruptible(command, rest)
         if command == "table":
             return _table(rest)
         return _params(rest)

@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.harness import signals
 from experiments.harness.config import cli_wins, compose, first_values, is_sweep_value, validate_config
 from experiments.harness.rundir import STATUS_FAILED, RunDir, RunRefused, now_iso
 from experiments.harness.runner import RunResult, run
@@ -48,6 +49,8 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
     tags = dict(cfg.get("tags") or {})
     tags.setdefault("overrides", _job_overrides())
     cfg.tags = tags
+    if multirun and "joblib" in str(hc.launcher.get("_target_", "")):
+        signals.stop_with_parent()  # a worker process: stop (recorded interrupted) when the sweep's process dies
     try:
         result: RunResult = run(cfg, run_dir=run_dir)
     except RunRefused:

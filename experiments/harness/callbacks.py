@@ -15,7 +15,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from experiments.harness.rundir import RunDir, read_jsonl, write_jsonl_atomic
+from experiments.harness.faults import fault_point
+from experiments.harness.rundir import PREVIOUS_CHECKPOINT, RunDir, disk_error, read_jsonl, write_jsonl_atomic
 
 
 class JsonlLogger(Logger):
@@ -87,34 +88,85 @@ class JsonlLogger(Logger):
 
 
 def save_checkpoint_atomic(trainer: L.Trainer, path: Path) -> None:
-    """``trainer.save_checkpoint`` to a temporary name, then ``os.replace`` (rank 0), then a barrier."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``trainer.save_checkpoint`` to a temporary name, then ``os.replace`` (rank 0), then a barrier.
+
+    Raises:
+        OSError: the write failed (a full disk, no permission), with the checkpoint's path in the message.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(str(tmp), weights_only=False)
-    if trainer.is_global_zero:
-        os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(str(tmp), weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+    except OSError as err:
+        if trainer.is_global_zero and tmp.exists():
+            tmp.unlink()
+        raise disk_error(err, path, "write the checkpoint") from err
     trainer.strategy.barrier("bridgelab_checkpoint")
 
 
 class AtomicCheckpoint(Callback):
-    """Saves ``last.ckpt`` every ``every_n_steps`` optimiser steps (0: never mid-stage) and flushes the metrics."""
+    """Saves ``last.ckpt`` every ``every_n_steps`` optimiser steps (0: never mid-stage), in step with the metrics.
+
+    Lightning logs the scalars of an optimiser step after ``on_train_batch_end``, where the checkpoint of that step
+    is taken. So the checkpoint is written under a pending name there and becomes ``last.ckpt`` only at the next
+    batch start, after the metrics file was flushed with that step's records. Whenever ``last.ckpt`` holds step s,
+    ``metrics.jsonl`` therefore holds every record of the steps before s (a resume from s drops the later ones and
+    logs them again), at every point a process can be killed.
+    """
 
     def __init__(self, path: Path, every_n_steps: int, metrics: JsonlLogger | None = None) -> None:
         self.path = Path(path)
+        self.pending = self.path.with_name(f".{self.path.name}.pending")
+        self.previous = self.path.with_name(PREVIOUS_CHECKPOINT)
         self.every_n_steps = every_n_steps
         self.metrics = metrics
         self._saved_at = -1
+        self._pending_step: int | None = None
+        for leftover in (self.pending, self.pending.with_name(f".{self.pending.name}.tmp")):
+            if leftover.exists():  # written by a process killed before it could commit: never a resume point
+                leftover.unlink()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._saved_at = trainer.global_step  # a resumed stage starts at its checkpoint: do not write it again
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._saved_at:
+        if step == self._saved_at:
+            return
+        fault_point("train.step", step)
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps:
             return
         if step >= (trainer.max_steps if trainer.max_steps > 0 else step + 1):
             return  # the runner saves the stage's final checkpoint
+        fault_point("checkpoint.saving", step)
+        save_checkpoint_atomic(trainer, self.pending)
+        self._saved_at = step
+        self._pending_step = step
+        fault_point("checkpoint.written", step)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.commit(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.commit(trainer)
+
+    def commit(self, trainer: L.Trainer) -> None:
+        """Flush the metrics, then make the pending checkpoint ``last.ckpt`` (rank 0)."""
+        if self._pending_step is None:
+            return
+        step, self._pending_step = self._pending_step, None
         if self.metrics is not None:
             self.metrics.flush()
-        save_checkpoint_atomic(trainer, self.path)
-        self._saved_at = step
+        if trainer.is_global_zero:
+            try:  # the step before stays as prev.ckpt (resume_from_corrupt=previous); a kill between the renames
+                if self.path.exists():  # leaves prev.ckpt alone, which the runner resumes from
+                    os.replace(self.path, self.previous)
+                os.replace(self.pending, self.path)
+            except OSError as err:
+                raise disk_error(err, self.path, "commit the checkpoint") from err
+        fault_point("checkpoint.committed", step)
 
 
 def peak_memory_mb() -> dict[str, float]:

@@ -149,6 +149,9 @@ class RunConfig:
         plugins: modules imported before anything is built (user bridges, encoders, LMs register on import).
         resume: rerunning continues an unfinished run from its last checkpoint and skips a finished one;
             ``False`` refuses to touch an existing run directory.
+        resume_from_corrupt: what a rerun does when the checkpoint it resumes from is damaged: ``fail`` (an error
+            naming the file and these options), ``previous`` (resume from the checkpoint before it, ``prev.ckpt``),
+            ``restart_stage`` (train that stage again from its start). The damaged file is kept as ``*.corrupt``.
         by_bridge: per bridge name, a config fragment merged onto the whole config when the run's bridge has
             that name, e.g. ``{qformer: {bridge: {num_query_tokens: 16}}, eagle: {encoder: {...two experts...}}}``.
             One sweep over ``bridge=...`` can so size each bridge (and give Eagle its second expert); ``run.json``
@@ -163,6 +166,7 @@ class RunConfig:
     seed: int = 0
     plugins: list[str] = field(default_factory=list)
     resume: bool = True
+    resume_from_corrupt: str = "fail"
     encoder: Any = None
     llm: Any = None
     bridge: Any = None
@@ -183,6 +187,7 @@ NON_SEMANTIC_KEYS = (
     "name",
     "run_dir",
     "resume",
+    "resume_from_corrupt",
     "tags",
     "trainer.loggers",
     "trainer.progress_bar",
@@ -344,8 +349,24 @@ def semantic_config(run: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+# Evaluation settings are apart from a run's training identity: config_hash leaves them out, so a rerun with other
+# evaluation settings keeps the trained weights and only evaluates again (eval_hash tells evaluations apart).
+EVAL_KEYS = ("eval",)
+
+
 def config_hash(run: RunConfig | Mapping[str, Any]) -> str:
-    blob = json.dumps(semantic_config(run), sort_keys=True, default=str)
+    """The training identity of a run: the semantic config without the evaluation settings (:data:`EVAL_KEYS`)."""
+    data = semantic_config(run)
+    for key in EVAL_KEYS:
+        _drop(data, key)
+    blob = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def eval_hash(run: RunConfig | Mapping[str, Any]) -> str:
+    """The identity of a run's evaluation settings (:data:`EVAL_KEYS`)."""
+    data = semantic_config(run)
+    blob = json.dumps({key: data.get(key) for key in EVAL_KEYS}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from experiments.harness import build as _build
 from experiments.harness.build import build_model, build_world, import_plugins
 from experiments.harness.config import RunConfig, validate_config
-from experiments.harness.module import CKPT_KEY
+from experiments.harness.module import CKPT_KEY, read_checkpoint
 from experiments.harness.rundir import RunDir
 
 
@@ -77,11 +77,11 @@ def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
     L.seed_everything(config.seed, workers=True, verbose=False)
     model = build_model(config, world)
     stages = list(config.stages)
-    stage, path = latest_checkpoint(rd, stages)
+    _, path = latest_checkpoint(rd, stages)
     if path is not None:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(path)
         state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        _, unexpected = model.load_state_dict(state, strict=False)
         if unexpected:
             raise RuntimeError(
                 f"{path} holds tensors this model does not have (e.g. {unexpected[0]}); "

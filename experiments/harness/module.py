@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -21,11 +22,26 @@ from torch import nn
 
 from experiments.harness.config import StageConfig
 from experiments.harness.datamodule import EVAL_INDEX
+from experiments.harness.rundir import CorruptRunFile
 from experiments.harness.stages import StagePlan, assert_stage, optimizer_groups, trainable_state_keys
 
 log = logging.getLogger(__name__)
 
 CKPT_KEY = "bridgelab"
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint written by this harness; :class:`~experiments.harness.rundir.CorruptRunFile` naming the file when
+    it is truncated or is not a checkpoint (``torch.load`` alone names neither)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors
+        raise CorruptRunFile(f"{path} is damaged and cannot be loaded ({type(err).__name__}: {err}).") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CorruptRunFile(f"{path} is not a bridgelab checkpoint (no state_dict).")
+    return checkpoint
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -128,7 +144,7 @@ class BridgeLitModule(L.LightningModule):
         stage = self.stage
         groups = optimizer_groups(self.model, self.plan, stage.weight_decay)
         optimizer = torch.optim.AdamW(groups, betas=tuple(stage.betas))  # type: ignore[arg-type]
-        warmup = stage.warmup_steps if stage.warmup_steps is not None else int(round(stage.warmup_ratio * stage.max_steps))
+        warmup = stage.warmup_steps if stage.warmup_steps is not None else round(stage.warmup_ratio * stage.max_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, stage.max_steps, warmup, stage.min_lr_ratio)
         )
@@ -165,7 +181,7 @@ class BridgeLitModule(L.LightningModule):
         if missing:
             raise RuntimeError(
                 f"Checkpoint of stage '{extra.get('stage')}' lacks {len(missing)} trainable tensors "
-                f"(e.g. {sorted(missing)[0]}); it was written by a different model config."
+                f"(e.g. {min(missing)}); it was written by a different model config."
             )
         # Applied at the first training batch, not here: creating the DataLoader iterator draws from the global RNG
         # after this hook, so setting it now would shift every later dropout mask against an uninterrupted run.

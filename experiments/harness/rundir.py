@@ -8,7 +8,9 @@ Layout (read by ``experiments.analysis`` and by ``load_run``)::
       efficiency.json               visual tokens per media item, parameters, FLOPs per sample, samples/s, memory
       eval/<task>/predictions.jsonl one line per evaluated sample: prompt, prediction, answer, correct, meta
       eval/<task>/scores.json       exact match overall and per question type (recomputable from predictions)
+      .lock                         held while a process runs it (experiments/harness/runlock.py)
       checkpoints/<stage>/last.ckpt trainable weights + resolved config (resume point of the stage)
+      checkpoints/<stage>/prev.ckpt the checkpoint before last.ckpt (the fallback when last.ckpt is damaged)
       checkpoints/<stage>/final.ckpt  the stage's final trainable weights
 
 Every file is written to a temporary name in the same directory and moved into place with ``os.replace``, so a
@@ -18,6 +20,7 @@ reader (or a crash) never sees a half-written file.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import functools
 import json
 import os
@@ -29,11 +32,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from encoders.registry import ConfigError
+
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 EFFICIENCY_FILE = "efficiency.json"
 EVAL_DIR = "eval"
 CHECKPOINT_DIR = "checkpoints"
+PREVIOUS_CHECKPOINT = "prev.ckpt"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -41,6 +47,35 @@ os.umask(_UMASK)
 STATUS_RUNNING = "running"
 STATUS_FINISHED = "finished"
 STATUS_FAILED = "failed"
+STATUS_INTERRUPTED = "interrupted"  # ended by SIGTERM/SIGINT; a rerun resumes it
+
+
+class RunRefused(ConfigError):
+    """The run directory holds a run this job may not touch (another config, ``resume=false``, another process
+    holds it); nothing in it is changed."""
+
+
+class CorruptRunFile(ConfigError):
+    """A file of the run directory cannot be read back (truncated, not JSON, not a checkpoint)."""
+
+
+_DISK_HINTS = {
+    errno.ENOSPC: "the disk is full: free space there, or put the run on another disk with run_dir=PATH",
+    errno.EDQUOT: "the disk quota is exhausted: free space there, or put the run elsewhere with run_dir=PATH",
+    errno.EROFS: "the file system is read-only: put the run elsewhere with run_dir=PATH",
+    errno.EACCES: "permission denied: fix the permissions or put the run elsewhere with run_dir=PATH",
+    errno.EPERM: "permission denied: fix the permissions or put the run elsewhere with run_dir=PATH",
+}
+
+
+def disk_error(err: BaseException, path: str | os.PathLike[str], action: str = "write") -> OSError:
+    """An ``OSError`` like ``err`` whose message names ``path``, what was being done and what to do about it."""
+    code = getattr(err, "errno", None)
+    reason = getattr(err, "strerror", None) or str(err)
+    hint = _DISK_HINTS.get(code or -1, "check that the path is a writable directory on a disk with free space")
+    out = OSError(code, f"Could not {action} {path}: {reason} ({hint})")
+    out.filename = str(path)
+    return out
 
 TRACKED_PACKAGES = (
     "bridgelab",
@@ -69,16 +104,19 @@ def _json_default(value: Any) -> Any:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise disk_error(err, path) from err
         raise
 
 
@@ -91,16 +129,37 @@ def write_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[Mapping[s
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON document at ``path``; :class:`CorruptRunFile` naming the path when it does not parse."""
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        text = handle.read()
+    try:
+        return json.loads(text)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise CorruptRunFile(
+            f"{path} is damaged and cannot be read ({err}). It is written atomically, so it was changed from outside "
+            f"(an edit, a copy cut short, a disk fault). Restore it from a copy, or delete {Path(path).parent} "
+            "to run again from the start."
+        ) from err
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (none when it is missing); :class:`CorruptRunFile` naming the path and line."""
     path = Path(path)
     if not path.exists():
         return []
+    out = []
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError as err:
+                raise CorruptRunFile(
+                    f"{path} line {number} is damaged ({err}). Restore the file from a copy, delete the line, or "
+                    f"delete {path.parent} to run again from the start."
+                ) from err
+    return out
 
 
 def now_iso() -> str:
@@ -170,6 +229,9 @@ class RunDir:
     def final_checkpoint(self, stage: str) -> Path:
         return self.checkpoint_dir(stage) / "final.ckpt"
 
+    def previous_checkpoint(self, stage: str) -> Path:
+        return self.checkpoint_dir(stage) / PREVIOUS_CHECKPOINT
+
     # run.json ------------------------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.run_file.exists()
@@ -202,6 +264,13 @@ class RunDir:
         path = self.eval_dir(task) / "predictions.jsonl"
         write_jsonl_atomic(path, records)
         return path
+
+    def clear_eval(self) -> None:
+        """Remove every task's predictions and scores (before an evaluation with other settings)."""
+        root = self.path / EVAL_DIR
+        for path in sorted(root.glob("*/*"), reverse=True) if root.exists() else []:
+            if path.is_file() and path.name in ("predictions.jsonl", "scores.json"):
+                path.unlink()
 
     def read_predictions(self, task: str) -> list[dict[str, Any]]:
         return read_jsonl(self.eval_dir(task) / "predictions.jsonl")

@@ -1,9 +1,11 @@
 """Runs one configured experiment end to end and keeps its run directory truthful.
 
-``run(cfg)``: validate the config; skip the run if its directory holds a finished run with the same config, continue
-it from its last checkpoint if unfinished, refuse if the config differs; build the world, the data and a seeded model;
+``run(cfg)``: validate the config; lock the run directory (one process per run); skip the run if its directory holds
+a finished run with the same config, evaluate it again if only the evaluation settings differ, continue it from its
+last checkpoint if unfinished, refuse if the training config differs; build the world, the data and a seeded model;
 train each declared stage (asserting the frozen/trainable table at its start, checkpointing trainable weights);
-evaluate by generation per task; write ``efficiency.json``; record ``finished`` (or ``failed`` with the traceback).
+evaluate by generation per task; write ``efficiency.json``; record ``finished`` (or ``failed`` with the traceback,
+or ``interrupted`` when a signal ended it). RELIABILITY.md lists what holds at every kill point.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import logging
 import os
 import time
 import traceback
-from contextlib import nullcontext
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,23 +29,51 @@ from omegaconf import DictConfig
 
 from encoders.registry import ConfigError
 from experiments.harness import build as _build
-from experiments.harness import feature_cache
+from experiments.harness import feature_cache, signals
 from experiments.harness.build import build_data, build_model, build_world, component_specs, import_plugins
-from experiments.harness.callbacks import AtomicCheckpoint, JsonlLogger, PredictionCollector, Throughput
-from experiments.harness.callbacks import save_checkpoint_atomic
-from experiments.harness.config import RunConfig, config_dict, config_diff, config_hash, semantic_config
-from experiments.harness.config import validate_config
+from experiments.harness.callbacks import (
+    AtomicCheckpoint,
+    JsonlLogger,
+    PredictionCollector,
+    Throughput,
+    save_checkpoint_atomic,
+)
+from experiments.harness.config import (
+    EVAL_KEYS,
+    RunConfig,
+    config_dict,
+    config_diff,
+    config_hash,
+    eval_hash,
+    semantic_config,
+    validate_config,
+)
 from experiments.harness.data import TaskData
 from experiments.harness.datamodule import BridgeDataModule
 from experiments.harness.efficiency import flops_per_sample, summarise
 from experiments.harness.evaluation import prediction_records, score
-from experiments.harness.module import CKPT_KEY, BridgeLitModule
-from experiments.harness.rundir import STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, RunDir, git_info, now_iso
-from experiments.harness.rundir import package_versions
+from experiments.harness.faults import fault_point
+from experiments.harness.module import CKPT_KEY, BridgeLitModule, read_checkpoint
+from experiments.harness.rundir import (
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    STATUS_INTERRUPTED,
+    STATUS_RUNNING,
+    CorruptRunFile,
+    RunDir,
+    RunRefused,
+    git_info,
+    now_iso,
+    package_versions,
+)
+from experiments.harness.runlock import RunLock
+from experiments.harness.signals import RunInterrupted
 from experiments.harness.stages import apply_stage, count_params
 from experiments.harness.trainer import BatchPlan, batch_plan, build_loggers, build_trainer, world_size_of
 
 log = logging.getLogger(__name__)
+
+RECOVERY_POLICIES = ("fail", "previous", "restart_stage")
 
 
 @dataclass
@@ -68,13 +98,14 @@ def _check_existing(rd: RunDir, run: RunConfig, digest: str) -> dict[str, Any] |
         return None
     previous = rd.read()
     if not run.resume:
-        raise ConfigError(
+        raise RunRefused(
             f"{rd.path} already holds a run (status {previous.get('status')}) and resume=false. "
             "Pick another run_dir, delete it, or set resume=true."
         )
-    if previous.get("config_hash") != digest:
-        diff = config_diff(semantic_config(previous.get("config", {})), semantic_config(run))
-        raise ConfigError(
+    if previous.get("config_hash") != digest and config_hash(previous.get("config") or {}) != digest:
+        diff = [k for k in config_diff(semantic_config(previous.get("config", {})), semantic_config(run))
+                if k.split(".")[0] not in EVAL_KEYS]
+        raise RunRefused(
             f"{rd.path} holds a run with a different config (differs at: {', '.join(diff[:8]) or '?'}). "
             "Pick another run_dir (run_dir=PATH) or delete the old one."
         )
@@ -82,16 +113,35 @@ def _check_existing(rd: RunDir, run: RunConfig, digest: str) -> dict[str, Any] |
 
 
 def run(cfg: RunConfig | DictConfig | Mapping[str, Any], run_dir: str | os.PathLike[str] | None = None) -> RunResult:
-    """Run (or resume, or skip) one experiment; see the module docstring. Raises what the run raised."""
+    """Run (or resume, re-evaluate, or skip) one experiment; see the module docstring. Raises what the run raised.
+
+    The run directory is locked for the whole call (:class:`~experiments.harness.runlock.RunLock`); SIGTERM and
+    SIGINT end it as ``interrupted`` (:class:`~experiments.harness.signals.RunInterrupted`).
+    """
     config = validate_config(cfg)
+    if config.resume_from_corrupt not in RECOVERY_POLICIES:
+        raise ConfigError(
+            f"resume_from_corrupt={config.resume_from_corrupt!r} is not one of {', '.join(RECOVERY_POLICIES)}: "
+            "fail (stop, naming the damaged file), previous (resume from prev.ckpt), restart_stage."
+        )
     rd = RunDir(run_dir if run_dir is not None else config.run_dir)
     import_plugins(config.plugins)
-    digest = config_hash(config)
-    previous = _check_existing(rd, config, digest)
-    if previous is not None and previous.get("status") == STATUS_FINISHED:
-        log.info("Skipping %s: finished already", rd.path)
-        return RunResult(rd.path, STATUS_FINISHED, previous.get("metrics", {}), skipped=True)
     zero = is_global_zero()
+    with signals.interrupt_on_signals(), RunLock(rd.path) if zero else nullcontext():
+        return _run_locked(config, rd, zero)
+
+
+def _run_locked(config: RunConfig, rd: RunDir, zero: bool) -> RunResult:
+    digest, eval_digest = config_hash(config), eval_hash(config)
+    previous = _check_existing(rd, config, digest)
+    reevaluate = False
+    if previous is not None and previous.get("status") == STATUS_FINISHED:
+        done_eval = previous.get("eval_hash") or eval_hash(previous.get("config") or {})
+        if done_eval == eval_digest or not config.eval.enabled:
+            log.info("Skipping %s: finished already", rd.path)
+            return RunResult(rd.path, STATUS_FINISHED, previous.get("metrics", {}), skipped=True)
+        log.info("%s: trained already; evaluating again with the new evaluation settings", rd.path)
+        reevaluate = True
     started = time.time()
     if zero:
         rd.update(
@@ -101,24 +151,31 @@ def run(cfg: RunConfig | DictConfig | Mapping[str, Any], run_dir: str | os.PathL
             traceback=None,
             config=config_dict(config),
             config_hash=digest,
+            eval_hash=eval_digest,
             seed=config.seed,
             tags=dict(config.tags),
             git=git_info(),
             versions=package_versions(),
             host=os.uname().nodename,
+            pid=os.getpid(),
             started=now_iso(),
             attempts=int((previous or {}).get("attempts", 0)) + 1,
         )
     try:
-        metrics = _execute(config, rd)
+        metrics = _execute(config, rd, reevaluate=reevaluate)
     except BaseException as err:
         if zero:
+            interrupted = isinstance(err, RunInterrupted)
             rd.update(
-                status=STATUS_FAILED,
+                status=STATUS_INTERRUPTED if interrupted else STATUS_FAILED,
                 error=f"{type(err).__name__}: {err}",
-                traceback=traceback.format_exc(),
+                traceback=None if interrupted else traceback.format_exc(),
                 duration_s=time.time() - started,
             )
+            if interrupted:
+                log.error("%s: %s; rerun the same command to resume it", rd.path, err)
+                if signals.EXIT_ON_INTERRUPT:  # a sweep worker: the sweep is stopping, end this process
+                    os._exit(err.exit_code)
         raise
     if zero:
         rd.update(status=STATUS_FINISHED, metrics=metrics, finished=now_iso(), duration_s=time.time() - started)
@@ -126,17 +183,44 @@ def run(cfg: RunConfig | DictConfig | Mapping[str, Any], run_dir: str | os.PathL
 
 
 def _load_weights(module: BridgeLitModule, path: Path) -> None:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     module.apply_pending_rng()  # the next stage starts from the RNG state this stage ended with
 
 
-def _resume_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))
+def _resume_point(run: RunConfig, rd: RunDir, stage: str) -> tuple[Path | None, int]:
+    """The checkpoint a stage resumes from and its step: ``last.ckpt``, else ``prev.ckpt`` (a process killed between
+    the two renames of a commit), else none (start the stage). A damaged ``last.ckpt`` is handled as
+    ``resume_from_corrupt`` says: ``fail`` (the default: an error naming the file and the options), ``previous``
+    (resume from ``prev.ckpt``), ``restart_stage`` (train the stage again from its start)."""
+    last, prev = rd.last_checkpoint(stage), rd.previous_checkpoint(stage)
+    for path in (last, prev):
+        if not path.exists():
+            continue
+        try:
+            return path, int(read_checkpoint(path).get("global_step", 0))
+        except CorruptRunFile as err:
+            policy = run.resume_from_corrupt
+            if policy == "fail" or (policy == "previous" and path == prev):
+                options = [f"resume_from_corrupt=restart_stage (train stage '{stage}' again from its start)"]
+                if path == last and prev.exists():
+                    options.insert(0, f"resume_from_corrupt=previous (resume from {prev})")
+                raise CorruptRunFile(
+                    f"{err} To go on, rerun with {' or '.join(options)}; the damaged file is then moved aside "
+                    f"to {path.name}.corrupt."
+                ) from err
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            log.warning("%s is damaged; moved to %s (resume_from_corrupt=%s)", path, aside, policy)
+            if policy == "restart_stage" or not prev.exists():
+                prev.unlink(missing_ok=True)
+                log.warning("Stage '%s' trains again from its start", stage)
+                return None, 0
+    return None, 0
 
 
-def _execute(run: RunConfig, rd: RunDir) -> dict[str, Any]:
+def _execute(run: RunConfig, rd: RunDir, reevaluate: bool = False) -> dict[str, Any]:
     if run.trainer.accelerator == "cpu":
         # Once a bridge fits well its gradients shrink into denormal floats, which x86 CPUs process 10-100x slower
         # (measured here: 50 ms -> 2 s per step late in a quick_ablation run). Flushing them to zero costs nothing.
@@ -174,7 +258,7 @@ def _execute(run: RunConfig, rd: RunDir) -> dict[str, Any]:
         stage_params[name] = count_params(model)
         ever_trainable |= {id(p) for p in model.parameters() if p.requires_grad}
         module = BridgeLitModule(model, name, stage, plan, saved, resolved, run.eval.max_new_tokens)
-        final, last = rd.final_checkpoint(name), rd.last_checkpoint(name)
+        final = rd.final_checkpoint(name)
         record = {
             "name": name,
             "max_steps": stage.max_steps,
@@ -184,15 +268,14 @@ def _execute(run: RunConfig, rd: RunDir) -> dict[str, Any]:
             "batch": plans[name],
             "checkpoint": str(final.relative_to(rd.path)),
         }
-        if final.exists():
+        if final.exists() and _final_usable(run, final, name):
             log.info("Stage '%s' finished earlier: loading %s", name, final)
             _load_weights(module, final)
             stage_perf[name] = dict(earlier.get(name, {}).get("perf", {}))
         else:
-            ckpt = last if last.exists() else None
-            resume_step = _resume_step(last) if ckpt else 0
+            ckpt, resume_step = _resume_point(run, rd, name)
             if ckpt:
-                log.info("Stage '%s': resuming from %s (step %d)", name, last, resume_step)
+                log.info("Stage '%s': resuming from %s (step %d)", name, ckpt, resume_step)
             stage_perf[name] = _fit_stage(run, rd, module, data, stage, bplan, name, names[i + 1 :], offset,
                                           ckpt, resume_step, train_collate, eval_collate, cache_identity)
         record["perf"] = stage_perf[name]
@@ -210,7 +293,10 @@ def _execute(run: RunConfig, rd: RunDir) -> dict[str, Any]:
     if zero and run.efficiency.enabled and run.efficiency.flops and run.trainer.strategy != "fsdp":
         tasks = data.select_train(None, "data")
         flops = flops_per_sample(model, tasks, train_collate, next(model.parameters()).device)
+    fault_point("eval.start")
     if run.eval.enabled:
+        if zero:
+            rd.clear_eval()  # results of other evaluation settings (a re-evaluation) must not mix with these
         metrics.update(_evaluate(run, rd, module, data, eval_collate))
     if zero and run.efficiency.enabled:
         rd.write_efficiency(
@@ -260,10 +346,12 @@ def _fit_stage(
     use_cache = run.train.cache_features and bplan.world_size == 1
     with feature_cache.cached_encoders(module.model, cache_identity) if use_cache else nullcontext(False) as cached:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=False)
+    jsonl.flush()  # every record of the stage is on disk before final.ckpt says the stage is done
     save_checkpoint_atomic(trainer, rd.final_checkpoint(name))
-    jsonl.flush()
-    if trainer.is_global_zero and rd.last_checkpoint(name).exists():
-        rd.last_checkpoint(name).unlink()
+    fault_point("stage.final")
+    if trainer.is_global_zero:
+        rd.last_checkpoint(name).unlink(missing_ok=True)
+        rd.previous_checkpoint(name).unlink(missing_ok=True)
     perf: dict[str, Any] = dict(throughput.result)
     for key, value in trainer.callback_metrics.items():  # what comes back from spawned processes
         if key.startswith("perf/"):
@@ -311,6 +399,23 @@ def _evaluate(
     return metrics
 
 
+def _final_usable(run: RunConfig, final: Path, stage: str) -> bool:
+    """Whether a stage's ``final.ckpt`` can be loaded; a damaged one fails naming the file, or with
+    ``resume_from_corrupt=restart_stage`` (or ``previous``: a finished stage keeps no earlier checkpoint) is moved
+    aside and the stage trains again."""
+    try:
+        read_checkpoint(final)
+        return True
+    except CorruptRunFile as err:
+        if run.resume_from_corrupt == "fail":
+            raise CorruptRunFile(
+                f"{err} Rerun with resume_from_corrupt=restart_stage to train stage '{stage}' again, or delete the file."
+            ) from err
+        os.replace(final, final.with_name(final.name + ".corrupt"))
+        log.warning("%s is damaged; moved aside, stage '%s' trains again", final, stage)
+        return False
+
+
 def checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The resolved run config stored in a checkpoint."""
-    return torch.load(path, map_location="cpu", weights_only=False)[CKPT_KEY]["config"]
+    return read_checkpoint(path)[CKPT_KEY]["config"]
