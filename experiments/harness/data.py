@@ -10,13 +10,18 @@ training target and uses ``text`` alone as the generation prompt. ``meta`` keys 
 (``question_type``, ``chance``, ``random_image``, ``text_ceiling``) flow into ``scores.json``.
 
 Data sources are registered in :data:`DATA_SOURCES` by name (``data.name`` in the config); the embedded world
-registers ``world``. A user's source registers the same way from a module listed in ``plugins``.
+registers ``world``, ``experiments.data`` the real-data sources (``llava``, ``webdataset``, ``hf``, ``mixture``).
+A user's source registers the same way from a module listed in ``plugins``.
+
+A training task is either a map-style sequence (``len`` and ``task[i]``; lazy sources decode in ``__getitem__``, so
+the index stays in memory and the pixels are made in DataLoader workers) or a :class:`SampleStream` (tar shards read
+in order). ``TaskData.info[task]["metric"]`` and ``sample["meta"]["metric"]`` name how a task is scored.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +78,27 @@ class DataSource(abc.ABC):
     @abc.abstractmethod
     def build(self, seed: int) -> TaskData:
         """The samples for a run with data seed ``seed`` (deterministic)."""
+
+
+class SampleStream(abc.ABC):
+    """A training task read as a stream (tar shards, for example) rather than by index.
+
+    The data is cut into ``parts`` disjoint parts that together cover it (shards, or samples when there are fewer
+    shards than parts); the training stream reads part ``p`` in one DataLoader worker, epoch after epoch, and resumes
+    by skipping the records a part had given out (undecoded, so skipping is cheap).
+    """
+
+    @abc.abstractmethod
+    def records(self, part: int, parts: int, seed: int) -> Iterator[Any]:
+        """Undecoded records of part ``part`` of ``parts``, epoch after epoch (an infinite iterator)."""
+
+    @abc.abstractmethod
+    def decode(self, record: Any) -> Sample:
+        """A sample from one record (media decoded here, in the worker)."""
+
+    def take(self, records: Iterator[Any], count: int) -> list[Sample]:
+        """The next ``count`` samples of ``records``."""
+        return [self.decode(next(records)) for _ in range(count)]
 
 
 DATA_SOURCES: Registry[DataSource] = Registry("data", base=DataSource)

@@ -6,6 +6,14 @@ holds one format and pads little), and its samples from that task's seeded seque
 optimiser step ``s`` therefore restarts the stream at micro-batch ``s x accumulation`` and replays exactly what an
 uninterrupted run would have seen. Ranks take interleaved micro-batches; DataLoader workers split a rank's share.
 
+Tasks may be lazy map-style sequences (only ``len`` and ``task[i]`` are used: samples are made in the workers) or
+:class:`~experiments.harness.data.SampleStream` s. A stream is cut into ``world size x workers`` parts; micro-batch
+``m`` of a stream task takes the next samples of part :func:`part_of` ``(m)``, and a resumed run skips, in each part,
+the records that the micro-batches before the resume point took. So the batches are a pure function of ``(seed, m)``
+for a fixed world size and worker count: a kill and resume repeats and skips nothing. With another worker count or
+world size the parts are cut differently and a resumed stream is not the continuation of the old one (map-style
+tasks are unaffected: their batches never depend on the worker count). Evaluation sets index their tasks lazily too.
+
 Samples are plain dicts (``{"text", "images", "answer", "meta"}``); the model's collators turn a list of them into
 a :class:`~llm_adapters.batch.MultimodalBatch` (for training: prompt + answer with labels; for generation: the
 prompt alone, left padded).
@@ -14,12 +22,15 @@ prompt alone, left padded).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from experiments.harness.data import SampleStream
 
 Sample = Mapping[str, Any]
 EVAL_INDEX = "eval_index"  # meta key: a sample's position in its evaluation set
@@ -80,7 +91,8 @@ class TrainStream(IterableDataset):
         if not tasks:
             raise ValueError("No training tasks")
         self.names = list(tasks)
-        self.tasks = {n: list(tasks[n]) for n in self.names}
+        self.tasks = {n: tasks[n] if _indexable(tasks[n]) or isinstance(tasks[n], SampleStream) else list(tasks[n])
+                      for n in self.names}
         w = np.array([float((weights or {}).get(n, 1.0)) for n in self.names])
         if (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"Task weights must be >= 0 with a positive sum, got {dict(zip(self.names, w))}")
@@ -109,10 +121,20 @@ class TrainStream(IterableDataset):
         idx = streams[task].take(occurrence * self.batch_size, self.batch_size)
         return self.collate([self.tasks[name][i] for i in idx])
 
+    def _stream_reader(self, task: int, part: int, parts: int, choice: np.ndarray) -> Iterator[Any]:
+        """Records of part ``part`` of stream task ``task``, past those taken before ``self.start``."""
+        source = self.tasks[self.names[task]]
+        before = np.arange(self.start)
+        taken = int(((choice[: self.start] == task) & (part_of(before, self.world_size, parts) == part)).sum())
+        return islice(source.records(part, parts, self.seed * 1000 + task), taken * self.batch_size, None)
+
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
         w_id, w_count = (worker.id, worker.num_workers) if worker else (0, 1)
-        streams = [TaskStream(len(self.tasks[n]), self.seed * 1000 + i) for i, n in enumerate(self.names)]
+        parts = self.world_size * w_count
+        sizes = {i: len(self.tasks[n]) for i, n in enumerate(self.names) if not self._is_stream(i)}
+        streams = [TaskStream(sizes[i], self.seed * 1000 + i) if i in sizes else None for i in range(len(self.names))]
+        readers: dict[tuple[int, int], Iterator[Any]] = {}
         chunk = 4096
         m = self.start
         local = 0  # index among this rank's micro-batches, for worker interleaving
@@ -122,23 +144,78 @@ class TrainStream(IterableDataset):
                 if mm % self.world_size != self.rank:
                     continue
                 if local % w_count == w_id:
-                    yield self.micro_batch(mm, int(choice[mm]), int(counts[mm]), streams)
+                    task = int(choice[mm])
+                    if streams[task] is not None:
+                        yield self.micro_batch(mm, task, int(counts[mm]), streams)  # type: ignore[arg-type]
+                    else:
+                        part = int(part_of(np.array([mm]), self.world_size, parts)[0])
+                        if (task, part) not in readers:
+                            readers[(task, part)] = self._stream_reader(task, part, parts, choice)
+                        source = self.tasks[self.names[task]]
+                        yield self.collate(source.take(readers[(task, part)], self.batch_size))
                 local += 1
             m += chunk
 
+    def _is_stream(self, task: int) -> bool:
+        return isinstance(self.tasks[self.names[task]], SampleStream)
+
+
+def part_of(m: np.ndarray, world_size: int, parts: int) -> np.ndarray:
+    """The stream part feeding global micro-batch ``m``: its rank plus ``world_size x`` its worker slot."""
+    workers = parts // world_size
+    return m % world_size + world_size * ((m // world_size) % workers)
+
 
 class EvalSet(torch.utils.data.Dataset):
-    """One task's evaluation samples, each tagged with its index (for ordering and de-duplication)."""
+    """One task's evaluation samples, each tagged with its index (for ordering and de-duplication).
+
+    Lazy: ``set[i]`` asks the task for sample ``i`` (decoding its media in a DataLoader worker). ``samples`` is a view
+    for joining predictions with their samples: it gives a sample's text, answer and meta without its media when the
+    task can (``task.record(i)``), else the whole sample.
+    """
 
     def __init__(self, samples: Sequence[Sample], limit: int | None = None) -> None:
-        items = list(samples)[: limit if limit is not None else None]
-        self.samples = [{**s, "meta": {**dict(s.get("meta") or {}), EVAL_INDEX: i}} for i, s in enumerate(items)]
+        if not _indexable(samples):
+            samples = list(samples)
+        self.source = samples
+        self.size = len(samples) if limit is None else min(limit, len(samples))
+        self.samples = _RecordView(self)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return self.size
 
     def __getitem__(self, i: int) -> Sample:
-        return self.samples[i]
+        if not 0 <= i < self.size:
+            raise IndexError(f"evaluation sample {i} out of range ({self.size})")
+        return _tagged(self.source[i], i)
+
+    def record(self, i: int) -> Sample:
+        record = getattr(self.source, "record", None)
+        return _tagged(record(i) if record is not None else self.source[i], i)
+
+
+def _indexable(samples: Any) -> bool:
+    """Map-style: indexed lazily, never copied."""
+    return hasattr(samples, "__len__") and hasattr(samples, "__getitem__")
+
+
+def _tagged(sample: Sample, i: int) -> Sample:
+    return {**sample, "meta": {**dict(sample.get("meta") or {}), EVAL_INDEX: i}}
+
+
+class _RecordView(Sequence):
+    def __init__(self, owner: EvalSet) -> None:
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __getitem__(self, i: int) -> Sample:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self.owner.record(j) for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        return self.owner.record(i)
 
 
 class BridgeDataModule(L.LightningDataModule):
