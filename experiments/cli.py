@@ -7,6 +7,7 @@ Commands::
     bridgelab demo  [OVERRIDES...]        the quick ablation (every bridge x tasks x 2 seeds), then its table and plots
     bridgelab table RUNS_DIR [--format markdown|latex]   mean +- std over seeds per bridge and task
     bridgelab params [--tolerance 0.01]   each paper preset built on the meta device vs its published size
+    bridgelab eval RUN_DIR [data=...] [eval.tasks=...] [--out DIR]   score a run without training
 
 ``run_dir=PATH`` puts a run (or a sweep's runs) in PATH. Rerunning a run continues it from its last checkpoint;
 rerunning a sweep skips its finished members. ``bridgelab train --cfg job`` prints the composed config, and
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-COMMANDS = ("train", "sweep", "demo", "table", "params")
+COMMANDS = ("train", "sweep", "demo", "table", "params", "eval")
 # per-run scores the demo writes beside its table (RUNS_DIR/scores.csv)
 DEMO_SCORE_COLUMNS = ("bridge", "task", "seed", "exact_match", "n", "chance", "random_image", "text_ceiling", "status")
 
@@ -146,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _interruptible(command, rest)
         if command == "table":
             return _table(rest)
+        if command == "eval":
+            from experiments.evaluation.command import main as eval_main
+
+            return eval_main(rest)
         return _params(rest)
     except (ConfigError, RegistryError) as err:
         print(f"bridgelab {command}: configuration error: {err}", file=sys.stderr)

@@ -110,11 +110,13 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation by greedy generation and exact match on short answers.
+    """Evaluation: each task scored by its metric (``experiments.evaluation``), exact match beside it.
 
     Attributes:
         tasks: tasks to evaluate, ``None`` for every evaluation task of the data.
         limit: evaluate at most this many samples per task (``None``: all).
+        mode: ``generate`` (greedy answers) or ``loglikelihood`` (the most likely of the sample's candidate
+            answers, ``meta["options"]`` or ``meta["choices"]``); ``bridgelab eval`` honours both.
     """
 
     enabled: bool = True
@@ -122,6 +124,7 @@ class EvalConfig:
     max_new_tokens: int = 4
     tasks: list[str] | None = None
     limit: int | None = None
+    mode: str = "generate"
 
 
 @dataclass
