@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
+from bridges.common.checks import at_least
 from bridges.common.features import encoder_features, layer_tokens
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.token_grid import from_grid, pooled_side, to_grid
@@ -42,6 +43,10 @@ class AvgPoolBridgeConfig:
     projector: str = "mlp2x_gelu"
     layer: int = -2
     bias: bool = True
+
+    def __post_init__(self) -> None:
+        """Range check at config time (the grid check needs the encoder and runs when the bridge is built)."""
+        at_least(self, 1, "num_tokens")
 
 
 @BRIDGES.register("avgpool", AvgPoolBridgeConfig)

@@ -30,6 +30,7 @@ from timm.models.regnet import RegStage
 from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
+from bridges.common.checks import at_least
 from bridges.common.features import encoder_features, layer_tokens
 from bridges.common.token_grid import from_grid, pooled_side, to_grid
 from bridges.presets import BridgePreset, register_preset
@@ -59,6 +60,11 @@ class CAbstractorConfig:
     se_ratio: float = 0.25
     pos_emb: bool = True
     layer: int = -1
+
+    def __post_init__(self) -> None:
+        """Range checks at config time (the grid check needs the encoder and runs when the bridge is built)."""
+        at_least(self, 1, "num_tokens", "hidden_size", "mlp_depth")
+        at_least(self, 0, "depth", "se_ratio")
 
 
 def build_readout(depth: int, in_dim: int, out_dim: int) -> nn.Sequential:
@@ -99,11 +105,6 @@ class CAbstractorBridge(PrefixBridge):
     def __init__(self, config: CAbstractorConfig, io: BridgeIO) -> None:
         super().__init__(config, io)
         self.check_io()
-        if config.depth < 0 or config.hidden_size < 1 or config.se_ratio < 0:
-            raise ValueError(
-                f"c_abstractor: depth must be >= 0, hidden_size >= 1 and se_ratio >= 0; got depth={config.depth}, "
-                f"hidden_size={config.hidden_size}, se_ratio={config.se_ratio}"
-            )
         self.side = pooled_side("c_abstractor", config.num_tokens, io.encoder.grid)
         self.absolute_layer = resolve_layers(config.layer, io.encoder.num_layers)[0]
         width, (h, w) = io.encoder.width, io.encoder.grid

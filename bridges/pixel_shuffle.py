@@ -23,6 +23,7 @@ from einops import rearrange
 from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
+from bridges.common.checks import at_least
 from bridges.common.features import encoder_features, layer_tokens
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.token_grid import shuffle_factor
@@ -50,6 +51,10 @@ class PixelShuffleBridgeConfig:
     bias: bool = False
     pre_norm: bool = False
     layer: int = -1
+
+    def __post_init__(self) -> None:
+        """Range check at config time (the grid check needs the encoder and runs when the bridge is built)."""
+        at_least(self, 1, "num_tokens", optional=True)
 
 
 def pixel_shuffle(tokens: torch.Tensor, grid: tuple[int, int], factor: int) -> torch.Tensor:

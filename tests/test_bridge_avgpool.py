@@ -15,6 +15,7 @@ from bridges.avgpool import AvgPoolBridge, AvgPoolBridgeConfig
 from bridges.base import BRIDGES, BridgeIO, EncoderInfo, LMInfo
 from bridges.presets import get_preset
 from encoders.base import VisionFeatures
+from encoders.registry import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, GRID, LAYERS, LM = 16, (4, 4), 3, 24
@@ -63,13 +64,16 @@ def test_one_token_is_the_global_mean_and_rectangular_grids_pool() -> None:
     assert build(grid=(4, 6), num_tokens=16)({"enc": feats}).shape == (2, 16, LM)
 
 
-@pytest.mark.parametrize("bad", [0, 5, 25, -4])
+@pytest.mark.parametrize("bad", [2, 5, 25])
 def test_token_count_checked_against_the_grid(bad: int) -> None:
     with pytest.raises(ValueError, match=rf"avgpool: num_tokens={bad}.*4 x 4 encoder grid.*\[1, 4, 9, 16\]"):
         build(num_tokens=bad)
 
 
 def test_other_errors_name_the_problem() -> None:
+    for bad in (0, -4):
+        with pytest.raises(ConfigError, match=rf"'bridge.num_tokens' = {bad} is out of range .*allowed >= 1"):
+            build(num_tokens=bad)
     with pytest.raises(ValueError, match="mlp2x_gelu"):
         build(num_tokens=4, projector="mlp2x_relu")
     with pytest.raises(ValueError, match="out of range"):

@@ -19,6 +19,7 @@ from bridges.base import BRIDGES, BridgeIO, EncoderInfo, LMInfo
 from bridges.c_abstractor import CAbstractorBridge, CAbstractorConfig
 from bridges.presets import get_preset
 from encoders.base import VisionFeatures
+from encoders.registry import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, GRID, LAYERS, LM = 16, (8, 8), 2, 24
@@ -112,17 +113,19 @@ def test_locality_without_se() -> None:
     assert bool(_changed_tokens(build(depth=1), patch=0).all())  # with SE (the default) the image mean reaches all
 
 
-@pytest.mark.parametrize("bad", [0, 8, 81])
+@pytest.mark.parametrize("bad", [8, 81])
 def test_token_count_checked_against_the_grid(bad: int) -> None:
     with pytest.raises(ValueError, match=rf"c_abstractor: num_tokens={bad} .*8 x 8 encoder grid.*64\]"):
         build(num_tokens=bad)
 
 
 def test_other_errors_name_the_problem() -> None:
-    with pytest.raises(ValueError, match="mlp_depth must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"'bridge.mlp_depth' = 0 is out of range .*allowed >= 1"):
         build(mlp_depth=0)
-    with pytest.raises(ValueError, match="depth must be >= 0.*depth=-1"):
+    with pytest.raises(ConfigError, match=r"'bridge.depth' = -1 is out of range .*allowed >= 0"):
         build(depth=-1)
+    with pytest.raises(ConfigError, match=r"'bridge.num_tokens' = 0 is out of range"):
+        build(num_tokens=0)
     with pytest.raises(ValueError, match="multiple of num_frames"):
         build()({"enc": features(3)}, num_frames=2)
     with pytest.raises(ValueError, match="8 x 8 = 64 patch tokens"):

@@ -16,6 +16,7 @@ from bridges.common.token_grid import shuffle_factors
 from bridges.pixel_shuffle import PixelShuffleBridge, PixelShuffleBridgeConfig, pixel_shuffle
 from bridges.presets import get_preset
 from encoders.base import VisionFeatures
+from encoders.registry import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, GRID, LAYERS, LM = 8, (4, 4), 2, 24
@@ -110,6 +111,8 @@ def test_token_counts_checked_against_the_grid() -> None:
     with pytest.raises(ValueError, match=r"default factor 2 does not divide the 3 x 5"):
         build(grid=(3, 5))
     assert build(grid=(3, 5), num_tokens=15).factor == 1
+    with pytest.raises(ConfigError, match=r"'bridge.num_tokens' = 0 is out of range .*\(or null\)"):
+        build(num_tokens=0)
     with pytest.raises(ValueError, match="multiple of num_frames"):
         build()({"enc": features(3)}, num_frames=2)
     with pytest.raises(ValueError, match="4 x 4 = 16 patch tokens"):
