@@ -133,6 +133,8 @@ class MultimodalCollator:
                     f"Sample {b} has {found} {self.image_token} marker(s) in its text but {len(images)} image(s); "
                     "write one marker per image, where the image belongs."
                 )
+            for i, img in enumerate(images):
+                check_image(img, f"Sample {b}{_sample_id(sample)} image {i}")
             media += [img if img.dim() == 4 else img[None] for img in images]
         frames = {m.shape[0] for m in media}
         if len(frames) > 1:
@@ -192,6 +194,33 @@ class MultimodalCollator:
             instruction_mask=instruction[1] if instruction else None,
             meta=meta,
         )
+
+
+def _sample_id(sample: Mapping[str, Any]) -> str:
+    meta = sample.get("meta") or {}
+    return f" (id {meta['id']})" if isinstance(meta, Mapping) and "id" in meta else ""
+
+
+def check_image(image: Any, where: str) -> None:
+    """Raise when ``image`` is not a float tensor ``(C, H, W)`` / ``(F, C, H, W)`` of finite values in ``[0, 1]``.
+
+    A 0-255 float image or a NaN would otherwise train silently on saturated or poisoned inputs.
+    """
+    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{where}: expected a tensor (C, H, W) or (F, C, H, W), got {shape}. Fix: decode the image "
+                         "to a float tensor, e.g. torchvision.transforms.functional.to_tensor(pil_image).")
+    if not image.is_floating_point():
+        raise TypeError(f"{where}: dtype {image.dtype}, but images are float in [0, 1]. Fix: image.float() / 255.")
+    finite = torch.isfinite(image)
+    if not bool(finite.all()):
+        raise ValueError(f"{where}: {int((~finite).sum())} of {image.numel()} values are NaN or infinite. "
+                         "Fix: check the image decoding and any augmentation that produced it.")
+    low, high = (float(image.min()), float(image.max())) if image.numel() else (0.0, 0.0)
+    if low < -1e-3 or high > 1 + 1e-3:
+        hint = " (it looks like 0-255: divide by 255)" if high > 2 else ""
+        raise ValueError(f"{where}: values in [{low:.3g}, {high:.3g}], outside [0, 1]{hint}. Fix: give float "
+                         "images in [0, 1]; the encoder's own normalisation is applied by its transform.")
 
 
 def _stack(media: list[torch.Tensor], transform: Transform | None) -> torch.Tensor:

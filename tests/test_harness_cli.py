@@ -26,7 +26,8 @@ def test_train_then_sweep_skips_finished_members_and_records_a_failure(tmp_path:
     assert again == first  # finished members were skipped, their run.json untouched
 
     failing = tmp_path / "failing"
-    assert main(["sweep", SEARCH, "experiment=toy", f"run_dir={failing}", "bridge.projector=linear,mlp0x_gelu"]) == 0
+    # the failing member does not stop the other, and the sweep exits non-zero
+    assert main(["sweep", SEARCH, "experiment=toy", f"run_dir={failing}", "bridge.projector=linear,mlp0x_gelu"]) == 1
     records = {p.name: json.loads((p / "run.json").read_text()) for p in failing.iterdir() if p.is_dir()}
     statuses = {name: r["status"] for name, r in records.items()}
     assert sorted(statuses.values()) == ["failed", "finished"], statuses

@@ -9,6 +9,7 @@ weights of the latest checkpoint (the last finished stage's ``final.ckpt``, else
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from experiments.harness import build as _build
 from experiments.harness.build import build_model, build_world, import_plugins
 from experiments.harness.config import RunConfig, validate_config
 from experiments.harness.module import CKPT_KEY, read_checkpoint
-from experiments.harness.rundir import RunDir
+from experiments.harness.rundir import STATUS_FINISHED, RunDir
 
 
 @dataclass
@@ -67,10 +68,28 @@ def latest_checkpoint(rd: RunDir, stages: Sequence[str]) -> tuple[str | None, Pa
     return found
 
 
-def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the model of the run in ``run_dir`` for inference (see the module docstring)."""
+def load_run(
+    run_dir: str | os.PathLike[str], device: str | torch.device = "cpu", allow_unfinished: bool = False
+) -> LoadedRun:
+    """Rebuild the model of the run in ``run_dir`` for inference (see the module docstring).
+
+    A run that did not finish (failed, interrupted, running) is refused: its weights are an unfinished stage's
+    or untrained. ``allow_unfinished=True`` loads it anyway, with a warning.
+    """
     rd = RunDir(run_dir)
     record = rd.read()
+    if record.get("status") != STATUS_FINISHED:
+        error = f": {record['error']}" if record.get("error") else ""
+        message = (
+            f"{rd.path} holds a run with status '{record.get('status')}'{error}. Its weights are those of its last "
+            "checkpoint, or untrained if it wrote none."
+        )
+        if not allow_unfinished:
+            raise RuntimeError(
+                f"{message} Fix: rerun it to finish it (bridgelab train with the same overrides and "
+                f"run_dir={rd.path}), or load it anyway with load_run(..., allow_unfinished=True)."
+            )
+        warnings.warn(message, stacklevel=2)
     config = validate_config(record["config"])
     import_plugins(config.plugins)
     world = build_world(config)
