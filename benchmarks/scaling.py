@@ -38,6 +38,7 @@ from benchmarks.measure import Settings, count_flops, flop_method, forward, memo
 from benchmarks.run import _atomic_write, _load, machine
 from benchmarks.scaling_model import Setup, build, images_batch, lm_sequence_length, tensor_bytes
 from bridges.common.kv_cache import find_cache
+from bridges.cost_model import predict_from_model
 
 NS = (1, 4, 16, 64, 128, 256, 400)
 QUICK_NS = (1, 4)
@@ -68,15 +69,12 @@ def _memory_bytes(model: Any, batch: Any) -> int | None:
         return tensor_bytes(model.injection_context(batch).memory)
 
 
-def _predicted_peak(name: str, model: Any, n: int) -> int | None:
+def _predicted_peak(model: Any, n: int) -> int | None:
     """The cost model's prefill peak for N images, ``None`` where it has no model of this bridge."""
+    text = images_batch(model, 0, torch.device("cpu")).input_ids.shape[1] + n
     try:
-        from bridges.cost_model import predict_from_model
-    except ImportError:
-        return None
-    try:
-        return int(predict_from_model(model, n).prefill_peak_bytes)
-    except (NotImplementedError, ValueError):
+        return int(predict_from_model(model, n, text).prefill_peak_bytes)
+    except NotImplementedError:
         return None
 
 
@@ -122,7 +120,7 @@ def run_scaling(
         for name in names:
             if name in stopped:
                 continue
-            predicted = _predicted_peak(name, models[name], n)
+            predicted = _predicted_peak(models[name], n)
             if predicted is not None and predicted > budget:
                 stopped[name] = f"N={n}: cost model predicts {predicted / 2**30:.2f} GiB > budget {budget_gib} GiB"
                 continue
@@ -148,7 +146,7 @@ def run_scaling(
                 "peak_prefill_bytes": peak_memory_bytes(forward(_generate(model, batch, 1)), settings),
                 "kv_cache_bytes": _cache_bytes(model, batch), "visual_memory_bytes": _memory_bytes(model, batch),
                 "prefill_flops": count_flops(_generate(model, batch, 1)) if seq <= flops_max_tokens else None,
-                "predicted_peak_bytes": _predicted_peak(name, model, n),
+                "predicted_peak_bytes": _predicted_peak(model, n),
             }
             points.append(point)
             if verbose:
