@@ -20,9 +20,11 @@ from llm_adapters.splice import IGNORE_INDEX
 
 
 def _repeat_prompt(collate: Any, sample: Mapping[str, Any], k: int) -> MultimodalBatch:
-    sample = {key: value for key, value in sample.items() if key != "answer"}
-    if "messages" in sample and sample["messages"] and sample["messages"][-1]["role"] == "assistant":
-        sample["messages"] = list(sample["messages"])[:-1]
+    """The generation prompt ``k`` times. The generation collator holds a sample's answer (or closing assistant
+    message) back itself; a ``text`` sample without one would be a plain document, so it gets an empty answer
+    and is rendered as a user turn like every evaluation prompt."""
+    if "messages" not in sample and sample.get("answer") is None:
+        sample = {**sample, "answer": ""}
     return collate([sample] * k)
 
 

@@ -35,16 +35,38 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def prepare_samples(samples: Sequence[Mapping[str, Any]], metric: str) -> list[Mapping[str, Any]]:
-    """The samples to predict: as given, except ``circular_mc`` samples without ``circular_id``, expanded into
-    their rotations (the original index is the ``circular_id``)."""
-    samples = list(samples)
-    if metric != "circular_mc" or all("circular_id" in (s.get("meta") or {}) for s in samples):
-        return samples
-    out: list[Mapping[str, Any]] = []
-    for i, sample in enumerate(samples):
-        out += [sample] if "circular_id" in (sample.get("meta") or {}) else circular_rotations(sample, i)
-    return out
+class _Pool(Sequence):
+    """A read-only view of an evaluation pool: the first ``limit`` samples, circular rotations written on access.
+
+    Lazy sources decode media in ``__getitem__``; the view never holds more than one batch of decoded samples.
+    """
+
+    def __init__(self, pool: Sequence[Mapping[str, Any]], limit: int | None, metric: str) -> None:
+        self.pool = pool
+        size = len(pool) if limit is None else min(limit, len(pool))
+        self.rows: list[tuple[int, int | None]] = [(i, None) for i in range(size)]
+        if metric == "circular_mc" and size:
+            self.rows = []
+            for i in range(size):
+                meta = pool[i].get("meta") or {}
+                shifts = [None] if "circular_id" in meta else range(len(meta.get("options") or ()))
+                self.rows += [(i, k) for k in shifts]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> Mapping[str, Any]:  # type: ignore[override]
+        i, shift = self.rows[j]
+        sample = self.pool[i]
+        return sample if shift is None else circular_rotations(sample, i)[shift]
+
+
+def prepare_samples(
+    samples: Sequence[Mapping[str, Any]], metric: str, limit: int | None = None
+) -> Sequence[Mapping[str, Any]]:
+    """The samples to predict: the first ``limit``, with ``circular_mc`` samples that carry no ``circular_id``
+    expanded into their rotations (the original index is the ``circular_id``); lazy, see :class:`_Pool`."""
+    return _Pool(samples, limit, metric)
 
 
 @torch.no_grad()
@@ -59,7 +81,7 @@ def predict(
     device = next(model.parameters()).device
     out: list[dict[str, Any]] = []
     for start in range(0, len(samples), batch_size):
-        chunk = list(samples[start : start + batch_size])
+        chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
         texts = generate_answers(model, collate(chunk).to(device), max_new_tokens)
         out += [{"index": start + i, "prediction": t} for i, t in enumerate(texts)]
     return out
@@ -93,9 +115,9 @@ def evaluate_tasks(
     results: dict[str, dict[str, Any]] = {}
     for task, pool in tasks.items():
         task_info = dict((info or {}).get(task, {}))
-        base = list(pool)[:limit] if limit is not None else list(pool)
-        metric = task_metric(task, task_info, base)
-        samples = prepare_samples(base, metric)
+        first = [pool[0]] if len(pool) else []
+        metric = task_metric(task, task_info, first)
+        samples = prepare_samples(pool, metric, limit)
         predictions = predict(model, collate, samples, mode, batch_size, max_new_tokens)
         records = prediction_records(samples, predictions, task, metric)
         scores = score(records, task, metric)
@@ -107,3 +129,21 @@ def evaluate_tasks(
         results[task] = scores
         log.info("%s: %s %s %.4f (n=%d, %s)", out.path.name, task, scores["metric"], scores["score"], scores["n"], mode)
     return results
+
+
+def evaluate_in_run(run: Any, rd: RunDir, model: nn.Module, data: Any, collate: Any) -> dict[str, Any]:
+    """The training run's own evaluation through :func:`evaluate_tasks` (used for ``eval.mode=loglikelihood``):
+    the run's ``eval`` settings, metrics named as the runner names them (``eval/<task>/exact_match``, ...)."""
+    tasks = data.select_eval(run.eval.tasks, "eval.tasks")
+    results = evaluate_tasks(
+        model, collate, tasks, rd, info=data.info, mode=run.eval.mode, batch_size=run.eval.batch_size,
+        max_new_tokens=run.eval.max_new_tokens, limit=run.eval.limit,
+    )
+    metrics: dict[str, Any] = {}
+    for task, scores in results.items():
+        metrics[f"eval/{task}/exact_match"] = scores["exact_match"]
+        metrics[f"eval/{task}/score"] = scores["score"]
+    if results:
+        values = [s["exact_match"] for s in results.values()]
+        metrics["eval/mean_exact_match"] = sum(values) / len(values)
+    return metrics

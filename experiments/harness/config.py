@@ -126,6 +126,10 @@ class EvalConfig:
     limit: int | None = None
     mode: str = "generate"
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("generate", "loglikelihood"):
+            raise ConfigError(f"eval.mode={self.mode!r} is not a mode; use generate or loglikelihood.")
+
 
 @dataclass
 class EfficiencyConfig:

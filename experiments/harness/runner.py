@@ -363,6 +363,12 @@ def _fit_stage(
 def _evaluate(
     run: RunConfig, rd: RunDir, module: BridgeLitModule, data: TaskData, eval_collate: Any
 ) -> dict[str, Any]:
+    if run.eval.mode != "generate":  # candidate ranking (experiments.evaluation.scoring), in-process on rank 0
+        if run.trainer.strategy.startswith("fsdp"):
+            raise ConfigError("eval.mode=loglikelihood runs on one process; score an FSDP run with bridgelab eval.")
+        from experiments.evaluation.scoring import evaluate_in_run
+
+        return evaluate_in_run(run, rd, module.model, data, eval_collate) if is_global_zero() else {}
     tasks = data.select_eval(run.eval.tasks, "eval.tasks")
     datamodule = BridgeDataModule(
         {}, tasks, eval_collate, eval_collate, micro_batch_size=1, seed=run.seed,
