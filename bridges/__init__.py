@@ -8,10 +8,8 @@ from importlib import import_module
 
 from bridges.base import BRIDGES, Bridge, BridgeIO, BridgeNeeds, InjectBridge, PrefixBridge, list_bridges
 
-BUILTIN_MODULES = (
-    "mlp", "qformer", "perceiver", "eagle", "mmfuser", "flamingo", "hyper_attention",
-    "avgpool", "pixel_shuffle", "c_abstractor",
-)
+BUILTIN_MODULES = ("mlp", "qformer", "perceiver", "eagle", "mmfuser", "flamingo", "hyper_attention")
+BUILTIN_MODULES += ("avgpool", "pixel_shuffle", "c_abstractor")  # the token-matched baselines
 
 for _module in BUILTIN_MODULES:
     import_module(f"bridges.{_module}")

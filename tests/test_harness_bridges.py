@@ -14,6 +14,7 @@ from experiments.harness.module import BridgeLitModule, generate_answers
 from experiments.harness.stages import apply_stage, snapshot
 
 ALL_BRIDGES = ("mlp", "qformer", "perceiver", "eagle", "mmfuser", "flamingo", "hyper_attention")
+ALL_BRIDGES += ("avgpool", "pixel_shuffle", "c_abstractor")
 # tiny_vit has no CLS token; the Q-Former's BLIP-2 default attends to it
 TINY_ENCODER_FIXES = {"qformer": {"with_cls": False}}
 STAGES = {
