@@ -1,6 +1,6 @@
 """Adaptive average pooling of the patch grid to a target token count, then a LLaVA projector: MM1's "average
 pooling" connector (McKinzie et al., *MM1: Methods, Analysis & Insights from Multimodal LLM Pre-training*, 2024,
-section 3.2), the simplest token-matched baseline beside the learned resamplers.
+section 3.2 [recall]), the simplest token-matched baseline beside the learned resamplers.
 
 ``(N_media * F, h*w, Dv)`` patch tokens of layer ``layer`` -> grid ``(Dv, h, w)`` -> ``adaptive_avg_pool2d`` to
 ``s x s`` with ``s * s = num_tokens`` -> ``(N_media * F, num_tokens, Dv)`` row-major -> projector ->

@@ -14,6 +14,10 @@ block), the pooling keeps each output cell to its own window; the SE step is glo
 from its mean), so strict locality holds with ``se_ratio=0`` or ``depth=0`` only. With ``depth=0`` the abstractor
 is the pooling alone and the readout reads the encoder width (Honeybee's branch for ``depth == 0``).
 
+Sources: the stored corpus holds copies and ports of Honeybee's ``projectors.py`` (``CAbstractor``, ``build_mlp``,
+``build_pos_embeds``) and of its projector config (depth 3, mlp_depth 2, hidden_size 1024, pos_emb on, 0 EOS tokens),
+not the kakaobrain repository itself; the defaults below follow those copies.
+
 Module names follow Honeybee's (``pos_emb``, ``net.0`` / ``net.2`` stages, ``readout``), so its ``abstractor.*``
 weights load with :meth:`CAbstractorBridge.load_honeybee_state_dict`.
 """
@@ -39,11 +43,11 @@ from encoders.base import VisionFeatures, resolve_layers
 
 @dataclass
 class CAbstractorConfig:
-    """Config of the C-Abstractor (defaults = Honeybee's released C-Abstractor configuration).
+    """Config of the C-Abstractor (defaults = Honeybee's C-Abstractor configuration, see the module docstring).
 
     Attributes:
         num_tokens: visual tokens per image (Honeybee ``num_query_tokens``), a square ``s * s`` with ``s`` at most
-            the encoder grid's shorter side; 144 (Honeybee-C-M144; 256 for M256). The token-count sweep key.
+            the encoder grid's shorter side; 144 (Honeybee-C-M144; 256 for M256 [recall]). The token-count sweep key.
         depth: RegNet bottleneck blocks before and after the pooling (3). 0 = pooling only.
         hidden_size: channels of the blocks (1024).
         mlp_depth: Linear layers of the readout, SiLU between them (2).
@@ -162,8 +166,8 @@ class CAbstractorBridge(PrefixBridge):
 
     def load_honeybee_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load Honeybee ``CAbstractor`` weights (keys ``pos_emb``, ``net.*``, ``readout.*``, with any
-        ``abstractor.`` prefix stripped). A ``pos_emb`` with one row more than the patch count (old checkpoints kept
-        a CLS row) loses its first row, as Honeybee's own loader does."""
+        ``abstractor.`` prefix stripped). A ``pos_emb`` with one row more than the patch count (a CLS row, which the
+        copies of Honeybee's code read skip with ``pos_emb[:, 1:]``) loses its first row."""
         state = {k.removeprefix("abstractor."): v for k, v in state_dict.items()}
         if self.pos_emb is not None and "pos_emb" in state and state["pos_emb"].shape[1] == self.pos_emb.shape[1] + 1:
             state["pos_emb"] = state["pos_emb"][:, 1:]

@@ -38,7 +38,7 @@ class PixelShuffleBridgeConfig:
     Attributes:
         num_tokens: visual tokens per image, ``(h/s) * (w/s)`` for a factor ``s`` dividing both grid sides; the
             token-count sweep key. ``None`` = factor 2 (Idefics3's ``scale_factor``; 169 tokens from its 26 x 26
-            grid). ``num_tokens = h*w`` (``s = 1``) is the ``mlp`` bridge.
+            grid [recall]). ``num_tokens = h*w`` (``s = 1``) is the ``mlp`` bridge.
         projector: ``linear`` (Idefics3's ``Idefics3SimpleMLP``) or ``mlp{k}x_gelu`` (InternVL's ``mlp1`` is
             ``mlp2x_gelu`` after a LayerNorm).
         bias: projector biases (Idefics3: none).
