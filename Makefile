@@ -15,7 +15,7 @@ HF_INTERNALS_TESTS := tests/test_llm_*.py tests/test_bridge_*.py
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-suite test-oldest test-latest lock install lint clean params bench
+.PHONY: demo test test-suite test-oldest test-latest lock install lint notebooks clean params bench
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,18 @@ lock: $(STAMP)
 
 params: $(STAMP)
 	$(VENV)/bin/bridgelab params
+
+# ruff over the whole repository (rules and line length: [tool.ruff] in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# JupyterLab on notebooks/ (the [notebooks] extra, installed on first use).
+$(VENV)/.notebooks: $(STAMP)
+	$(PY) -m pip install -e '.[notebooks]'
+	touch $@
+
+notebooks: $(VENV)/.notebooks
+	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -32,6 +32,8 @@ log = logging.getLogger("bridgelab")
 
 # Run directories of the jobs of this process that failed (a sweep with failed members exits non-zero).
 FAILED: list[str] = []
+# ... and those refused (their directory holds another run; nothing in it was changed).
+REFUSED: list[str] = []
 
 
 def _job_overrides() -> list[str]:
@@ -54,6 +56,7 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
     try:
         result: RunResult = run(cfg, run_dir=run_dir)
     except RunRefused:
+        REFUSED.append(run_dir)
         raise  # the directory holds another run: touch nothing, stop the sweep, exit non-zero
     except Exception as err:  # noqa: BLE001 - a failing member must not stop the sweep
         record_failure(run_dir, cfg, err)
@@ -120,6 +123,7 @@ def launch(overrides: Sequence[str], multirun: bool = False, program: str = "bri
     """
     overrides = list(overrides)
     FAILED.clear()
+    REFUSED.clear()
     started = now_iso()
     sweep_root: str | None = None
     if not any(o.startswith("-") for o in overrides):  # --cfg, --help, --info: let Hydra answer
@@ -130,9 +134,13 @@ def launch(overrides: Sequence[str], multirun: bool = False, program: str = "bri
     argv = [program, *(["--multirun"] if multirun else []), *overrides]
     saved = sys.argv
     sys.argv = argv
+    record = Path(sweep_root or ".", "multirun.yaml")  # Hydra rewrites it at every sweep start
+    previous = record.read_bytes() if sweep_root and record.exists() else None
     try:
         _hydra_main()
     except SystemExit as err:  # Hydra reports a job's exception itself and exits 1
+        if REFUSED and previous is not None:  # a refused sweep leaves its root as it was, too
+            record.write_bytes(previous)
         return int(err.code or 0) if not isinstance(err.code, str) else 1
     finally:
         sys.argv = saved
