@@ -50,6 +50,7 @@ def test_a_token_count_the_grid_cannot_give_fails_naming_the_valid_ones() -> Non
         BRIDGES.build(run.bridge, WORLD_IO)
 
 
+@pytest.mark.slow  # two short training runs through the CLI (about 10 s)
 def test_a_bridge_key_sweeps_from_the_command_line(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     args = ["sweep", SEARCH, "experiment=toy", f"run_dir={sweep}", "bridge=avgpool", "bridge.num_tokens=4,1"]

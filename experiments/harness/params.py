@@ -43,9 +43,10 @@ def preset_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def params_report(tolerance: float = 0.01) -> tuple[str, bool]:
-    """The table as text and whether every preset is within ``tolerance`` of its expected size."""
-    rows = preset_rows()
+def params_report(tolerance: float = 0.01, rows: list[dict[str, Any]] | None = None) -> tuple[str, bool]:
+    """The table as text and whether every preset is within ``tolerance`` of its expected size (``rows``: from
+    :func:`preset_rows`, built when not given)."""
+    rows = preset_rows() if rows is None else rows
     ok = all(r["built"] is not None and r["rel_error"] <= tolerance for r in rows)
     cells = [("bridge", "preset", "counts", "built", "expected", "diff", "paper", "source")]
     for r in rows:
