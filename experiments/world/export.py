@@ -58,7 +58,7 @@ def export_world(out: str | os.PathLike[str], fmt: str, tasks: Sequence[str] = (
     """Write the pools in ``fmt`` under ``out``; returns the ``data=...`` overrides that read them back."""
     if fmt not in FORMATS:
         raise ValueError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
-    out = Path(out).resolve()
+    out = Path(out)  # as given: the printed overrides name it the way the user did
     out.mkdir(parents=True, exist_ok=True)
     train, evaluation = world_pools(tasks, train_size, eval_size, seed, eval_seed, image_size)
     pools = {"train": train, "eval": evaluation}
