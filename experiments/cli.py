@@ -8,6 +8,7 @@ Commands::
     bridgelab table RUNS_DIR [--format markdown|latex]   mean +- std over seeds per bridge and task
     bridgelab params [--tolerance 0.01]   each paper preset built on the meta device vs its published size
     bridgelab eval RUN_DIR [data=...] [eval.tasks=...] [--out DIR]   score a run without training
+    bridgelab export-world DIR --format llava|webdataset|hf [--tasks T ...]   the world's tasks as released datasets
 
 ``run_dir=PATH`` puts a run (or a sweep's runs) in PATH. Rerunning a run continues it from its last checkpoint;
 rerunning a sweep skips its finished members. ``bridgelab train --cfg job`` prints the composed config, and
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-COMMANDS = ("train", "sweep", "demo", "table", "params", "eval")
+COMMANDS = ("train", "sweep", "demo", "table", "params", "eval", "export-world")
 # per-run scores the demo writes beside its table (RUNS_DIR/scores.csv)
 DEMO_SCORE_COLUMNS = ("bridge", "task", "seed", "exact_match", "n", "chance", "random_image", "text_ceiling", "status")
 
@@ -147,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _interruptible(command, rest)
         if command == "table":
             return _table(rest)
+        if command == "export-world":
+            from experiments.world.export import main as export_main
+
+            return export_main(rest)
         if command == "eval":
             from experiments.evaluation.command import main as eval_main
 
