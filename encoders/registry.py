@@ -125,7 +125,14 @@ class Registry(Generic[T]):
     def get(self, name: str) -> Entry[T]:
         if name not in self._entries and ":" in name:
             module, _, short = name.partition(":")
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as err:
+                raise RegistryError(
+                    f"Cannot import '{module}' for the {self.kind} plug-in '{name}' ({err}). Fix: put the module on "
+                    f"PYTHONPATH (or pip install its package), or list it in plugins=[...] and name the {self.kind} "
+                    f"'{short}'."
+                ) from err
             name = short
         if name not in self._entries:
             close = difflib.get_close_matches(name, self.names(), n=1)

@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.harness import signals
+from encoders.registry import ConfigError
 from experiments.harness.config import cli_wins, compose, first_values, is_sweep_value, validate_config
 from experiments.harness.rundir import STATUS_FAILED, RunDir, RunRefused, now_iso
 from experiments.harness.runner import RunResult, run
@@ -95,7 +96,16 @@ def preflight(overrides: Sequence[str]) -> DictConfig:
     """Compose and validate the config (a sweep: its first member) before Hydra starts, so that a typo fails at once
     with the key's path and the valid keys (Hydra alone would only say that it cannot override the key)."""
     cfg = compose(first_values(overrides), with_hydra=True)
-    validate_config(cfg)
+    run = validate_config(cfg)
+    for key, value in (("run_dir", run.run_dir), ("hydra.run.dir", cfg.hydra.run.dir),
+                       ("hydra.sweep.dir", cfg.hydra.sweep.dir)):
+        path = Path(str(value))
+        blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise ConfigError(
+                f"{key}={value} cannot be a run directory: {blocked} is a file, not a directory. "
+                "Fix: pick another run_dir=PATH, or move the file away."
+            )
     return cfg
 
 
