@@ -75,3 +75,34 @@ def test_errors_are_clear(tmp_path: Path) -> None:
         load_runs(tmp_path / "missing")
     with pytest.raises(ValueError, match="empty"):
         summarize(pd.DataFrame())
+
+
+def _latents_sweep(root: Path) -> Path:
+    """num_latents=4,8 x seeds 0,1: the sweep the issue found pooled into one row of 6.0 visual tokens."""
+    for latents, scores in ((4, (0.5, 0.7)), (8, (0.8, 0.9))):
+        for seed, em in enumerate(scores):
+            rd = RunDir(root / f"perceiver-l{latents}-s{seed}")
+            rd.update(name="p", status="finished", seed=seed,
+                      config={"bridge": {"name": "perceiver", "num_latents": latents}, "seed": seed,
+                              "run_dir": str(rd.path), "tags": {"overrides": [f"seed={seed}"]}})
+            rd.write_scores("attribute", {"task": "attribute", "n": 10, "exact_match": em})
+            rd.write_efficiency({"visual_tokens_per_media": latents})
+    return root
+
+
+def test_summarize_keeps_differing_configs_apart(tmp_path: Path) -> None:
+    table = summarize(load_runs(_latents_sweep(tmp_path)))
+    assert list(table.columns[:3]) == ["bridge", "task", "bridge.num_latents"]
+    assert table["bridge.num_latents"].tolist() == [4, 8] and table["seeds"].tolist() == [2, 2]
+    assert table["visual_tokens_per_media"].tolist() == [4, 8]  # never a 6.0 no run had
+    assert table["exact_match_mean"].tolist() == pytest.approx([0.6, 0.85])
+    assert to_markdown(table).splitlines()[0].startswith("| bridge | task | bridge.num_latents | exact_match |")
+
+
+def test_summarize_refuses_to_pool_different_configs(tmp_path: Path) -> None:
+    df = load_runs(_latents_sweep(tmp_path))
+    with pytest.raises(ValueError, match=r"would average runs with different configs .*bridge.num_latents.*pool=True"):
+        summarize(df, by=("bridge", "task"))
+    with pytest.warns(UserWarning, match="pooling runs that differ at bridge.num_latents"):
+        assert summarize(df, by=("bridge", "task"), pool=True)["seeds"].tolist() == [4]
+    assert summarize(df, by=("bridge", "task", "cfg.bridge.num_latents"))["seeds"].tolist() == [2, 2]

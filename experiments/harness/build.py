@@ -97,7 +97,7 @@ def build_model(run: RunConfig, world: Any = None) -> Any:
         if "'bridge." in str(err):
             raise ConfigError(
                 f"{err} (Switching bridge.name on the command line keeps the default option's fields; drop them with "
-                f"'~bridge +bridge.name=NAME', or select a YAML option with bridge=OPTION.)"
+                f"'~bridge' +bridge.name=NAME (README: 'Your own bridge'), or select a YAML option with bridge=OPTION.)"
             ) from None
         raise
 
