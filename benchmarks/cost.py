@@ -29,7 +29,8 @@ from benchmarks.run import _atomic_write
 from bridges.base import BRIDGES, BridgeIO, EncoderInfo, LMInfo
 from bridges.cost_model import EncoderShape, LMShape, bridge_shape, predict
 
-SIGLIP_SO400M_384 = EncoderShape(patches=729, width=1152, layers=26, ffn=4304, patch=14, heads=16)  # blocks 1-26 of 27 run
+# blocks 1-26 of 27 run (the penultimate layer is read)
+SIGLIP_SO400M_384 = EncoderShape(patches=729, width=1152, layers=26, ffn=4304, patch=14, heads=16)
 SIGLIP_PARAMS = 0.428e9
 QWEN2_7B = LMShape(layers=28, width=3584, heads=28, kv_heads=4, head_dim=128, ffn=18944, vocab=152064)
 PAPER_BRIDGES = {
@@ -118,8 +119,8 @@ def to_markdown(table: dict[str, Any]) -> str:
             f"{r['encoder_tflops']:.3g} | {r['decode_gflops_per_token']:.3g} | {r['kv_gib']:.3g} | "
             f"{r['visual_kv_gib']:.3g} | {r['peak_gib_fused']:.3g} | {r['peak_gib_eager']:.3g} |"
         )
-    lines += ["", f"Ratios {table['pair']}:", "", "| N | prefill FLOPs | prefill FLOPs without encoder | decode FLOPs |",
-              "|---:|---:|---:|---:|"]
+    lines += ["", f"Ratios {table['pair']}:", ""]
+    lines += ["| N | prefill FLOPs | prefill FLOPs without encoder | decode FLOPs |", "|---:|---:|---:|---:|"]
     for r in table["ratios"]:
         lines.append(f"| {r['n']} | {r['prefill_flops']:.2f} | {r['prefill_flops_without_encoder']:.2f} | "
                      f"{r['decode_flops']:.2f} |")

@@ -105,8 +105,8 @@ def flamingo_case(size: str, device: torch.device) -> Case:
         reference_name="transformers IdeficsGatedCrossAttentionLayer",
         notes=[
             (
-                f"flamingo: FLOPs per media are the bridge's (a {depth}-layer perceiver + the block's K/V of the latents); "
-                "the timed unit is the block alone (ours with fused K/V, the reference with separate K/V)"
+                f"flamingo: FLOPs per media are the bridge's (a {depth}-layer perceiver + the block's K/V of the "
+                "latents); the timed unit is the block alone (ours with fused K/V, the reference with separate K/V)"
             ),
             f"flamingo reference attention implementation: {attn_impl(ref)}",
         ],

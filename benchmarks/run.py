@@ -6,9 +6,9 @@ Usage::
                              [--repeats N] [--warmup N] [--threads N] [--device auto|cpu|cuda] [--bf16]
 
 Writes ``<out>/bridges.md`` (the table printed to stdout) and ``<out>/bridges.json`` (every record and the machine),
-both atomically. On CUDA (or with ``--bf16``) the timed calls run under bf16 autocast; the parity check (reference and ours on the same
-weights and inputs, float32, eval mode) and the FLOP counts always run in float32. A parity failure stops the run:
-speeds of different computations are not comparable.
+both atomically. On CUDA (or with ``--bf16``) the timed calls run under bf16 autocast; the parity check (reference and
+ours on the same weights and inputs, float32, eval mode) and the FLOP counts always run in float32. A parity failure
+stops the run: speeds of different computations are not comparable.
 """
 
 from __future__ import annotations
@@ -243,8 +243,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         (
             "Times in ms (median ±half the inter-quartile range); ratio = ours / reference (below 1: ours is faster). "
-            "FLOPs per media item: the bridge's declaration and the `FlopCounterMode` count (SDPA as math). Peak memory "
-            f"of one fwd+bwd in MiB ({meta['memory_method']})."
+            "FLOPs per media item: the bridge's declaration and the `FlopCounterMode` count (SDPA as math). Peak "
+            f"memory of one fwd+bwd in MiB ({meta['memory_method']})."
         ),
         "",
         (

@@ -19,7 +19,8 @@ and LM for every bridge). Measured per bridge and N, the bridges timed interleav
 
 A curve stops, with the reason recorded, at the first N whose peak memory exceeds ``--budget-gib`` or whose prefill
 exceeds ``--max-call-s`` (on a CPU the time limit keeps the run short), or before an N that the cost model
-(:mod:`bridges.cost_model`) predicts over the memory budget. Writes ``scaling.json``, ``scaling.md`` and ``scaling.png``.
+(:mod:`bridges.cost_model`) predicts over the memory budget. Writes ``scaling.json``, ``scaling.md`` and
+``scaling.png``.
 """
 
 from __future__ import annotations
@@ -100,8 +101,19 @@ def run_scaling(
         raise ValueError(f"Unknown scaling bridges {unknown}. Known: {sorted(setup.bridges)}.")
     if not ns or any(int(n) < 1 for n in ns):
         raise ValueError(f"--ns must be positive image counts, got {list(ns)}.")
+    previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run(names, ns, budget_gib, max_call_s, repeats, warmup, device, bf16, flops_max_tokens, setup, verbose)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(
+    names: list[str], ns: Sequence[int], budget_gib: float, max_call_s: float, repeats: int, warmup: int, device: str,
+    bf16: bool | None, flops_max_tokens: int, setup: Setup, verbose: bool,
+) -> dict[str, Any]:
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     settings = Settings(dev, repeats=repeats, warmup=warmup, min_block_s=0.0, autocast=dev.type == "cuda"
                         if bf16 is None else bf16)
@@ -210,7 +222,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{_num(p['visual_memory_bytes'], scale=2**20)} | {_num(p['prefill_flops'], scale=1e9)} |"
         )
     lines += ["", "Stopped curves: " + ("; ".join(f"{k} at {v}" for k, v in result["stopped"].items()) or "none"), ""]
-    lines += ["| ratio | N | prefill | per token | peak memory | LM seq | KV cache |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| ratio | N | prefill | per token | peak memory | LM seq | KV cache |"]
+    lines += ["|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["ratios"]:
         cells = " | ".join(_num(r[k], ".2f") for k in ("prefill_ms", "per_token_ms", "peak_prefill_bytes",
                                                          "lm_sequence_length", "kv_cache_bytes"))

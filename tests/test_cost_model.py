@@ -16,6 +16,15 @@ from bridges.cost_model import BridgeShape, EncoderShape, LMShape, predict, pred
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: two OpenMP threads on a loaded 2-core machine wait on each other at every tiny op."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("bridge", sorted(BRIDGES))
 def test_prediction_matches_counted_flops_and_measured_memory(bridge: str) -> None:
     model = build(bridge, Setup(), CPU)

@@ -145,7 +145,11 @@ def summarise(
         "bridge": bridge_summary(model),
         "flops_per_sample_by_task": dict(flops or {}),
         "stages": {
-            name: {**dict(stage_params.get(name, {})), **dict(stage_perf.get(name, {})), "batch": dict(batch_plans.get(name, {}))}
+            name: {
+                **dict(stage_params.get(name, {})),
+                **dict(stage_perf.get(name, {})),
+                "batch": dict(batch_plans.get(name, {})),
+            }
             for name in stage_params
         },
     }
