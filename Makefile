@@ -15,7 +15,7 @@ HF_INTERNALS_TESTS := tests/test_llm_*.py tests/test_bridge_*.py
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-suite test-oldest test-latest lock install lint notebooks clean params bench
+.PHONY: demo test test-suite test-oldest test-latest lock install lint notebooks clean params bench scaling
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,9 @@ notebooks: $(VENV)/.notebooks
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+scaling: $(STAMP)
+	$(PY) -m benchmarks.scaling --threads 1
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache $(OLDEST_VENV) $(LATEST_VENV)
