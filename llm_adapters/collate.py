@@ -76,7 +76,8 @@ class MultimodalCollator:
 
     @classmethod
     def for_model(cls, model: Any, train: bool = True, **kwargs: Any) -> MultimodalCollator:
-        """The collator matching a :class:`~llm_adapters.multimodal_lm.MultimodalLM` (tokenizer, template, transforms)."""
+        """The collator matching a :class:`~llm_adapters.multimodal_lm.MultimodalLM` (its tokenizer, template and
+        transforms)."""
         transforms = model.encoders.transforms()
         if getattr(model.bridge, "uses_instruction", False):
             kwargs.setdefault(

@@ -43,7 +43,8 @@ class ChatTemplate:
     system_in_user: bool = False
 
     def render(self, messages: Sequence[Message], eos: str, add_generation_prompt: bool = False) -> list[Segment]:
-        """Segments ``(text, is_target)`` for ``messages``; with ``add_generation_prompt`` end on an open assistant turn."""
+        """Segments ``(text, is_target)`` for ``messages``; with ``add_generation_prompt`` end on an open assistant
+        turn."""
         segments: list[Segment] = []
         messages = list(messages)
         system = self.system

@@ -67,7 +67,8 @@ def test_assert_stage_catches_a_parameter_that_changed_state() -> None:
     model = TwoGroupModel()
     plan = apply_stage(model, "align", StageConfig(trainable=["bridge"]))
     model.lm.weight.requires_grad_(True)
-    with pytest.raises(FreezeError, match=r"group 'lm' should be frozen but 1 tensors are trainable \(e.g. lm.weight\)"):
+    frozen = r"group 'lm' should be frozen but 1 tensors are trainable \(e.g. lm.weight\)"
+    with pytest.raises(FreezeError, match=frozen):
         assert_stage(model, plan)
     model.lm.weight.requires_grad_(False)
     model.bridge.bias.requires_grad_(False)

@@ -1,4 +1,5 @@
-"""Layer injection: attach/detach restore everything, zero gates are the identity, cached generation, query positions."""
+"""Layer injection: attach/detach restore everything, zero gates are the identity, cached generation, query
+positions."""
 
 from __future__ import annotations
 

@@ -58,7 +58,8 @@ def test_splice_keeps_counts_masks_and_order(batch: list[tuple[list[int], list[b
     # media m, token t -> value 1000 + 10 m + t: which media item and which of its tokens lands where
     visual = (1000 + 10 * torch.arange(n_media)[:, None] + torch.arange(num_tokens)[None, :]).float()
     visual = visual[..., None].expand(-1, -1, DIM).clone()
-    out = splice_visual_tokens(embeds, ids, mask, visual, media_to_sample, IMAGE_ID, labels, "left" if left else "right")
+    side = "left" if left else "right"
+    out = splice_visual_tokens(embeds, ids, mask, visual, media_to_sample, IMAGE_ID, labels, side)
 
     grown = [len(tokens) + c * (num_tokens - 1) for (tokens, _), c in zip(batch, counts, strict=True)]
     length = width + max(c * (num_tokens - 1) for c in counts)  # L' = L + max_b n_b (T - 1), padding kept

@@ -17,7 +17,7 @@ import pytest
 import harness_toy  # noqa: F401  (registers the toy data source)
 from experiments.cli import main
 from experiments.harness.build import build_model, build_world
-from experiments.harness.config import compose, config_hash, validate_config
+from experiments.harness.config import compose, validate_config
 from experiments.harness.rundir import RunDir
 
 TESTS = Path(__file__).parent

@@ -80,7 +80,9 @@ def component_specs(run: RunConfig, world: Any) -> tuple[Any, Any, Any]:
     encoder, bridge, llm = to_container(run.encoder), to_container(run.bridge), to_container(run.llm)
     for name, spec in (("encoder", encoder), ("bridge", bridge), ("llm", llm)):
         if spec is None:
-            raise ConfigError(f"'{name}' is not set: choose one, e.g. {name}=<option> (see experiments/configs/{name}/).")
+            raise ConfigError(
+                f"'{name}' is not set: choose one, e.g. {name}=<option> (see experiments/configs/{name}/)."
+            )
     if world is not None and hasattr(world, "resolve_specs"):
         encoder, llm = world.resolve_specs(encoder, llm)
     return encoder, bridge, llm

@@ -222,7 +222,9 @@ def _check_keys(node: Any, cls: type, path: str) -> None:
         if key not in hints:
             close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"Unknown config key '{full}'.{hint} Valid keys at '{path or '<root>'}': {', '.join(valid)}.")
+            raise ConfigError(
+                f"Unknown config key '{full}'.{hint} Valid keys at '{path or '<root>'}': {', '.join(valid)}."
+            )
         tp = _unwrap_optional(hints[key])
         if dataclasses.is_dataclass(tp):
             _check_keys(value, tp, full)
@@ -298,7 +300,8 @@ def _canonical_plugin_name(data: dict[str, Any]) -> dict[str, Any]:
         return data
     module, _, short = name.partition(":")
     plugins = list(data.get("plugins") or [])
-    return {**data, "bridge": {**bridge, "name": short}, "plugins": plugins + ([module] if module not in plugins else [])}
+    plugins += [module] if module not in plugins else []
+    return {**data, "bridge": {**bridge, "name": short}, "plugins": plugins}
 
 
 def cli_wins(cfg: DictConfig, overrides: Sequence[str], groups: Sequence[str] = ()) -> DictConfig:
@@ -318,7 +321,9 @@ def cli_wins(cfg: DictConfig, overrides: Sequence[str], groups: Sequence[str] = 
         key = raw_key.lstrip("+")
         if not sep or raw_key.startswith("~") or key in groups or "/" in key or "@" in key:
             continue
-        if key.split(".")[0] in ("hydra", "by_bridge") or OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+        if key.split(".")[0] in ("hydra", "by_bridge"):
+            continue
+        if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
             continue
         node = OmegaConf.select(cfg, key)
         value = OmegaConf.to_container(node, resolve=False) if isinstance(node, (DictConfig, ListConfig)) else node
