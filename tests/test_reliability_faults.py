@@ -383,3 +383,21 @@ def test_a_rerun_with_other_eval_settings_evaluates_again_without_training(tmp_p
     updated = record["updated"]
     assert main([*args, "eval.limit=5", "eval.max_new_tokens=2"]) == 0  # same settings again: skipped
     assert rd.read()["updated"] == updated
+
+
+# 7. evaluation that can be seen to work ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_evaluation_scores_a_learnable_task_well_above_chance(tmp_path: Path) -> None:
+    """The fast path that shows evaluation works. ``experiment=smoke`` checks plumbing only: its seconds-long world
+    trains the LM for 6 steps, so every prediction is empty and exact match is 0. Here the toy colour question
+    (4 colours, chance 0.25), with the bridge and the LM trained 40 steps, is answered through generation, and
+    the scores come out far above chance."""
+    assert main(["train", SEARCH, "experiment=toy", f"run_dir={tmp_path}", "data.pair_task=false", "data.n_eval=16",
+                 "eval.limit=null", "stages.align.max_steps=40", "stages.align.lr=3e-3",
+                 "stages.align.trainable=[bridge*,lm]"]) == 0
+    rd = RunDir(tmp_path)
+    scores, predictions = rd.read_scores()["colour"], rd.read_predictions("colour")
+    assert scores["n"] == 16 and scores["chance"] == 0.25
+    answered = [p["prediction"] for p in predictions if p["prediction"] in harness_toy.COLOURS]
+    assert len(answered) >= 12 and len(set(answered)) > 1  # colour words, not one answer for every image
+    assert scores["exact_match"] >= 0.75  # 0.8125 measured (13 of 16)
