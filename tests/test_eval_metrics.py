@@ -58,7 +58,8 @@ def test_multiple_choice_reads_letters_or_option_text() -> None:
 
 
 def test_circular_evaluation_counts_a_question_only_if_every_rotation_is_right() -> None:
-    sample = {"text": "x", "answer": "B", "meta": {"question": "<image> Which colour?", "options": ["red", "blue", "green"]}}
+    meta = {"question": "<image> Which colour?", "options": ["red", "blue", "green"]}
+    sample = {"text": "x", "answer": "B", "meta": meta}
     rotations = circular_rotations(sample, circular_id=7)
     assert [r["meta"]["options"] for r in rotations] == [
         ["red", "blue", "green"], ["blue", "green", "red"], ["green", "red", "blue"]
@@ -128,7 +129,8 @@ def test_the_python_tokenizer_equals_coco_ptb_output() -> None:
 def test_meteor_runs_when_java_is_present() -> None:
     from experiments.evaluation.metrics.caption import caption_scores
 
-    good = caption_scores(["a cat sat on the mat", "a red bus drives"], [["a cat sat on the mat"], ["a red bus drives"]])
-    bad = caption_scores(["a cat sat on the mat", "a red bus drives"], [["green trees grow"], ["an old piano"]])
+    captions = ["a cat sat on the mat", "a red bus drives"]
+    good = caption_scores(captions, [[c] for c in captions])
+    bad = caption_scores(captions, [["green trees grow"], ["an old piano"]])
     assert 0.9 < good["METEOR"] <= 1.0 and bad["METEOR"] == pytest.approx(0.0, abs=1e-6)
     assert all("METEOR" not in n for n in good["notes"])

@@ -16,7 +16,10 @@ rendered as the user turn of the run's chat template. ``loglikelihood`` returns 
 continuation as the assistant's answer and whether greedy decoding gives it (:mod:`.likelihood`); decoding is greedy
 (sampling settings are ignored, ``until`` stops are applied to the text). lmms-eval 0.7.3's built-in
 ``multiple_choice`` output type takes the *argmin* of the returned values (it assumes models return a loss,
-lmms-eval#370); with this correct log-probability use a ``process_results`` that takes the argmax.
+lmms-eval#370), and its evaluator hands every loglikelihood result to ``process_results`` as the *string*
+``str((logprob, is_greedy))`` (``api/instance.py`` ``unwrap_generation_output``). With this correct log-probability,
+give such tasks a ``process_results`` that parses the strings (``ast.literal_eval``) and takes the argmax
+(``tests/test_lmms_eval.py`` has one).
 """
 
 from __future__ import annotations
@@ -35,6 +38,19 @@ from llm_adapters.adapter import IMAGE_TOKEN
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "bridgelab"
+
+
+def _skip_filelock_patch_on_filelock_4() -> None:
+    """lmms-eval 0.7.3's ``simple_evaluate`` patches ``filelock._api``, a module filelock 4 no longer has (import
+    error on every call); with filelock >= 4 that patch is marked done so the evaluator runs."""
+    import importlib.util
+
+    if importlib.util.find_spec("filelock._api") is None:
+        from lmms_eval import evaluator
+
+        if hasattr(evaluator, "_enable_reentrant_filelocks"):
+            evaluator._enable_reentrant_filelocks._patched = True
+
 
 
 def manifests() -> list[Any]:
@@ -81,6 +97,7 @@ class BridgelabLMM(lmms):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        _skip_filelock_patch_on_filelock_4()  # before simple_evaluate reaches its patch (it builds the model first)
         kwargs.pop("max_batch_size", None)
         if kwargs:
             raise ValueError(f"bridgelab model: unknown model_args {sorted(kwargs)}; known: run_dir, device, "
@@ -118,7 +135,7 @@ class BridgelabLMM(lmms):
                 f"lmms-eval task '{task}' doc {doc_id}: the context has {markers} {IMAGE_TOKEN} marker(s) but "
                 f"doc_to_visual gave {len(images)} image(s); write one marker per image or none at all."
             )
-        return {"text": context, "images": images}
+        return {"text": context, "images": images, "answer": ""}  # an answer (even empty) makes it a user turn
 
     # ---------------------------------------------------------------------------------------------- protocol
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:

@@ -54,7 +54,9 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def _jsonable(value: Any) -> bool:
-    return isinstance(value, _SCALARS) or (isinstance(value, (list, tuple)) and all(isinstance(v, _SCALARS) for v in value))
+    if isinstance(value, _SCALARS):
+        return True
+    return isinstance(value, (list, tuple)) and all(isinstance(v, _SCALARS) for v in value)
 
 
 def reference_levels(meta: Mapping[str, Any], answer: str) -> dict[str, float]:

@@ -68,7 +68,9 @@ def caption_scores(
     from pycocoevalcap.rouge.rouge import Rouge
 
     if len(predictions) != len(refs) or not predictions:
-        raise ValueError(f"caption_scores needs one reference list per prediction; got {len(predictions)} and {len(refs)}.")
+        raise ValueError(
+            f"caption_scores needs one reference list per prediction; got {len(predictions)} and {len(refs)}."
+        )
     if any(not r for r in refs):
         raise ValueError("Every caption needs at least one reference (meta['answers'] or answer).")
     java = java_available()

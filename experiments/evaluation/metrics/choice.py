@@ -3,8 +3,9 @@
 A record's ``meta["options"]`` lists the option texts in the order shown, lettered A, B, C, ...; its ``answer`` is
 the correct letter or the correct text. A prediction is read as a letter (``"B"``, ``"(B)"``, ``"B."``,
 ``"B) red"``, ``"Answer: B"``; upper case only) or as an option's text (equal after normalisation, checked first,
-or the only option whose text it contains). Circular evaluation (MMBench, Liu et al. 2023) asks each question once per rotation of its
-options; the question counts as right only if every rotation is. Rotations share ``meta["circular_id"]``.
+or the only option whose text it contains). Circular evaluation (MMBench, Liu et al. 2023) asks each question
+once per rotation of its options; the question counts as right only if every rotation is. Rotations share
+``meta["circular_id"]``.
 """
 
 from __future__ import annotations
