@@ -50,6 +50,8 @@ def _resume_step(rd: RunDir) -> int:
 
 
 def _bridgelab(args: list[str], fault: str | None = None, mark: Path | None = None, **kw) -> subprocess.Popen:
+    """``python -m experiments.cli ARGS`` in its own session (a process-group signal reaches it and its children
+    only)."""
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "HF_HUB_OFFLINE": "1"}
     env.pop(faults.ENV, None)
     if fault:
@@ -57,7 +59,7 @@ def _bridgelab(args: list[str], fault: str | None = None, mark: Path | None = No
     if mark:
         env[faults.MARK_ENV] = str(mark)
     return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -122,14 +124,18 @@ def test_kill_9_at_a_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path
 
 # 2. SIGTERM / SIGINT ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize(("action", "code"), [("sigterm", 143), ("sigint", 130)])
-def test_a_signal_ends_a_run_as_interrupted_and_a_rerun_resumes_it(tmp_path: Path, action: str, code: int) -> None:
-    proc = _bridgelab(["train", *TOY, f"run_dir={tmp_path}"], fault=f"checkpoint.committed@4:{action}")
+@pytest.mark.parametrize(("action", "code", "workers"), [("sigterm", 143, 0), ("sigint", 130, 0),
+                                                        ("sigint_group", 130, 2)])
+def test_a_signal_ends_a_run_as_interrupted_and_a_rerun_resumes_it(tmp_path: Path, action: str, code: int,
+                                                                   workers: int) -> None:
+    """sigint_group is Ctrl-C in a terminal: SIGINT to the process group, two DataLoader workers included."""
+    proc = _bridgelab(["train", *TOY, f"run_dir={tmp_path}", f"train.num_workers={workers}"],
+                      fault=f"checkpoint.committed@4:{action}")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == code, out
     assert "recorded as interrupted" in out and "run the same command again" in out
     record = RunDir(tmp_path).read()
-    assert record["status"] == "interrupted" and action.upper() in record["error"]
+    assert record["status"] == "interrupted" and action.split("_")[0].upper() in record["error"]
     assert _resume_step(RunDir(tmp_path)) == 4
     assert main(["train", *TOY, f"run_dir={tmp_path}"]) == 0
     assert RunDir(tmp_path).read()["status"] == "finished" and _steps(RunDir(tmp_path)) == list(range(8))

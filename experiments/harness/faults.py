@@ -6,7 +6,8 @@ checkpoint, right after one) rather than after a guessed delay. Set ``BRIDGELAB_
 - ``POINT``: one of :data:`POINTS` (where the harness calls :func:`fault_point`);
 - ``STEP``: fire only when the point is reached at this optimiser step (default: the first time);
 - ``ACTION``: ``kill`` (SIGKILL, as ``kill -9``: no cleanup, no flush; the default), ``sigterm``, ``sigint``
-  (the signal, delivered to this process as an outside ``kill`` would), or ``pause`` (sleep until killed).
+  (the signal, delivered to this process as an outside ``kill`` would), ``sigint_group`` (SIGINT to the whole
+  process group, as Ctrl-C in a terminal: DataLoader and sweep workers too), or ``pause`` (sleep until killed).
 
 Before acting, the point writes ``$BRIDGELAB_FAULT_MARK`` (when set) so a test can wait for it. Unset, the hook costs
 one dictionary lookup.
@@ -29,7 +30,7 @@ POINTS = (
     "stage.final",  # a stage's final.ckpt written
     "eval.start",  # training done, evaluation about to start
 )
-ACTIONS = ("kill", "sigterm", "sigint", "pause")
+ACTIONS = ("kill", "sigterm", "sigint", "sigint_group", "pause")
 
 
 def parse(spec: str) -> tuple[str, int | None, str]:
@@ -59,7 +60,9 @@ def fault_point(name: str, step: int | None = None) -> None:
     if action == "pause":
         while True:
             time.sleep(1.0)
-    sig = {"kill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}[action]
     os.environ.pop(ENV, None)  # fire once: the handlers of a graceful stop must not meet the point again
-    os.kill(os.getpid(), sig)
+    if action == "sigint_group":
+        os.killpg(os.getpgid(0), signal.SIGINT)
+    else:
+        os.kill(os.getpid(), {"kill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}[action])
     time.sleep(0.5)  # a signal to oneself is delivered at the next bytecode boundary; wait here for it

@@ -88,8 +88,13 @@ def interrupt_on_signals() -> Iterator[None]:
         yield
         return
     fired: list[int] = []
+    owner = os.getpid()
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:  # a forked child (a DataLoader worker) inherited this handler: die as by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if fired:  # already stopping: a second Ctrl-C must not cut the recording of the first short
             return
         fired.append(signum)
