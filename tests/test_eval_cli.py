@@ -100,6 +100,34 @@ def test_eval_cli_scores_another_data_source_with_circular_choice(trained: Path,
     assert _scores(trained, "colour")["mode"] == "loglikelihood"  # the run's own scores are still there
 
 
+def test_eval_cli_scores_a_llava_json_with_vqa_accuracy(trained: Path, tmp_path: Path, capsys) -> None:
+    from torchvision.transforms.functional import to_pil_image
+
+    from experiments.evaluation.metrics.vqa import vqa_accuracy
+
+    (tmp_path / "img").mkdir()
+    records = []
+    for i, s in enumerate(harness_toy._samples(3, 5, 16, False)):
+        to_pil_image(s["images"][0]).save(tmp_path / "img" / f"{i}.png")
+        records.append({"id": f"q{i}", "image": f"{i}.png", "answers": [s["answer"]] * 3 + ["blue"] * 7,
+                        "conversations": [{"from": "human", "value": "<image> colour ? answer :"},
+                                          {"from": "gpt", "value": s["answer"]}]})
+    path = tmp_path / "vqa.json"
+    path.write_text(json.dumps(records))
+    data = ["data=llava", f"data.path={path}", f"data.eval_path={path}", f"data.image_folder={tmp_path / 'img'}",
+            "data.metric=vqa_accuracy", "data.task=colour_vqa"]
+    # the run was trained with eval.mode=loglikelihood, which needs candidates: a clear refusal on open answers
+    assert main(["eval", str(trained), *data, "--out", str(tmp_path / "out")]) == 2
+    assert "Use eval.mode=generate for open-ended tasks" in capsys.readouterr().err
+    assert main(["eval", str(trained), *data, "eval.mode=generate", "--out", str(tmp_path / "out")]) == 0
+    scores, preds = _scores(tmp_path / "out", "colour_vqa"), _predictions(tmp_path / "out", "colour_vqa")
+    assert scores["metric"] == "vqa_accuracy" and scores["n"] == 3 and scores["source"] == "llava"
+    assert all(len(p["meta"]["answers"]) == 10 for p in preds)
+    expected = sum(vqa_accuracy(p["prediction"], p["meta"]["answers"]) for p in preds) / 3
+    assert scores["score"] == pytest.approx(expected) and [p["correct"] for p in preds] == pytest.approx(
+        [vqa_accuracy(p["prediction"], p["meta"]["answers"]) for p in preds])
+
+
 def test_eval_cli_refuses_model_overrides_and_missing_runs(trained: Path, tmp_path: Path, capsys) -> None:
     assert main(["eval", str(trained), "bridge=qformer"]) == 2
     assert "takes only data=OPTION" in capsys.readouterr().err

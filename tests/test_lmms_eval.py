@@ -174,3 +174,15 @@ def test_multi_round_generation_is_refused_clearly(setup: dict[str, Path]) -> No
         model.generate_until_multi_round([])
     with pytest.raises(ValueError, match="exactly one of run_dir"):
         BridgelabLMM()
+
+
+def test_vqa_normalisation_equals_lmms_evals_evalai_processor() -> None:
+    from lmms_eval.tasks._task_utils.vqa_eval_metric import EvalAIAnswerProcessor
+
+    from experiments.evaluation.metrics.vqa import CONTRACTIONS, normalize_vqa_answer
+
+    theirs = EvalAIAnswerProcessor()
+    assert {k: v for k, v in theirs.CONTRACTIONS.items() if k != v} == CONTRACTIONS  # identity entries are no-ops
+    cases = ["Two dogs!", "The cat.", "dont know", "3.5", "1,000", "black/white", "black / white", "Yes",
+             "a man's hat", "isnt it?", "ten", "None", "up-down", "(left)", "it is 5:30pm", "couldnt've", "A.M."]
+    assert [normalize_vqa_answer(c) for c in cases] == [theirs(c) for c in cases]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from encoders.registry import ConfigError
 from llm_adapters.batch import MultimodalBatch
 from llm_adapters.splice import IGNORE_INDEX
 
@@ -94,7 +95,7 @@ def candidates_of(sample: Mapping[str, Any]) -> tuple[list[str], bool]:
         return [str(o) for o in meta["options"]], True
     if isinstance(meta.get("choices"), (list, tuple)) and meta["choices"]:
         return [str(c) for c in meta["choices"]], False
-    raise ValueError(
+    raise ConfigError(
         "eval.mode=loglikelihood scores candidate answers, but this sample has neither meta['options'] nor "
         f"meta['choices'] (answer {sample.get('answer')!r}). Use eval.mode=generate for open-ended tasks."
     )
