@@ -22,12 +22,32 @@ from experiments.world.backbones import (
     tiny_config,
 )
 from experiments.world.ceilings import baselines, task_report
-from experiments.world.pretrain_lm import LMPretrainConfig, build_lm, document_loss, encode_documents
+from experiments.world.pretrain_lm import (
+    FILLER,
+    DocumentStream,
+    LMPretrainConfig,
+    build_lm,
+    document_loss,
+    encode_documents,
+    eval_groups,
+    jittered_prompt,
+    spread_caption,
+)
 from experiments.world.pretrain_vision import ClipModel, PictureStream, VitPretrainConfig, caption_ids, create_vit
 from experiments.world.render import PALETTE
-from experiments.world.scenes import WorldConfig
+from experiments.world.scenes import WorldConfig, quadrant_words
 from experiments.world.tasks import fill_captions, text_only_prompt
-from experiments.world.vocab import COLOURS, DIRECTIONS, IMAGE_TOKEN, NUMBER_WORDS, VOCAB, encode_words
+from experiments.world.vocab import (
+    COLOURS,
+    DIRECTIONS,
+    IMAGE_TOKEN,
+    MEDIA_CLOSE,
+    MEDIA_OPEN,
+    NUMBER_WORDS,
+    SHAPES,
+    VOCAB,
+    encode_words,
+)
 
 TINY_OPTIONS = TaskOptions(distractor_n=3, interleaved_turns=2, video_frames=3)
 
@@ -126,6 +146,21 @@ def test_interleaved_asks_about_the_last_image() -> None:
         assert s.text.count("answer :") == 3  # two answered turns, one open
 
 
+def test_two_object_spatial_can_ask_before_the_image() -> None:
+    for first in (False, True):
+        options = TaskOptions(spatial_objects=2, spatial_question_first=first)
+        for s in generate_samples("spatial", "test", 12, seed=0, options=options):
+            colour, shape = s.text.split("where is the ")[1].split(" ?")[0].split()
+            named = [o for o in s.media[0].frames[0].objects if (COLOURS[o.colour], SHAPES[o.shape]) == (colour, shape)]
+            assert len(named) == 1 and s.answer == quadrant_words(_quadrant_of(named[0]))
+            assert s.text.startswith("question : where is the") == first and s.text.endswith("</img> answer :") == first
+            assert s.text.index("question") < s.text.index(IMAGE_TOKEN) if first else s.text.startswith(MEDIA_OPEN)
+
+
+def _quadrant_of(obj) -> int:
+    return int(obj.x >= 0.5) + 2 * int(obj.y >= 0.5)
+
+
 def test_fine_detail_uses_disjoint_digit_instances_for_train_and_test() -> None:
     rows = {
         split: {s.media[0].frames[0].objects[0].digit_row for s in generate_samples("fine_detail", split, 60)}
@@ -222,6 +257,39 @@ def test_a_few_lm_steps_lower_the_answer_loss() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_jittered_slots_keep_caption_order_and_bounds() -> None:
+    rng = np.random.default_rng(0)
+    sample = generate_samples("interleaved", "train", 1, options=TaskOptions(interleaved_turns=3))[0]
+    plain = text_only_prompt(sample)
+    lengths = set()
+    for _ in range(20):
+        prompt = jittered_prompt(sample, 16, rng)
+        slots = [part.split(MEDIA_CLOSE)[0].split() for part in prompt.split(MEDIA_OPEN)[1:]]
+        for slot, caption in zip(slots, sample.meta["captions"], strict=True):
+            assert [w for w in slot if w != FILLER] == caption.split() and len(caption.split()) <= len(slot) <= 16
+            lengths.add(len(slot))
+        assert prompt.replace(f" {FILLER}", "").replace(f"{FILLER} ", "") == plain  # only fillers were added
+        encode_words(prompt)  # the filler is a vocabulary word
+    assert len(lengths) > 3  # the slot length varies
+    assert spread_caption("a red circle", 2, rng) == "a red circle"  # never truncates
+
+
+def test_lm_documents_follow_task_options_and_jitter_share() -> None:
+    cfg = LMPretrainConfig(
+        tasks=["spatial"], spatial_objects=[2], task_options={"spatial_question_first": True},
+        slot_jitter=40, slot_jitter_share=1.0, batch_size=6,
+    )
+    stream = DocumentStream(cfg, WorldConfig())
+    _, samples = stream.batch(warm_up=True)
+    assert all(s.text.startswith("question : where is the") for s in samples)
+    assert sum(FILLER in p for p in stream.prompts(samples)) >= 5  # 15-word captions in slots of 15-40 words
+    off = DocumentStream(LMPretrainConfig(tasks=["attribute"], batch_size=6), WorldConfig())
+    _, samples = off.batch(warm_up=True)
+    assert off.prompts(samples) == [text_only_prompt(s) for s in samples]
+    groups = eval_groups(["spatial"], 3, 0, cfg, WorldConfig())
+    assert list(groups) == ["spatial/where_named"] and groups["spatial/where_named"][0].text.startswith("question")
 
 
 # ---- caching ----------------------------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ The recipe is the one WORLD_PROTOTYPE.md measured to work with a 2-layer, 128-wi
 * curriculum: ``single_steps`` steps of single-image documents only, then a mix with ``multi_share`` of
   multi-image documents (without the warm-up nothing multi-image was learned);
 * homogeneous batches: every batch holds one format (task, and N for the distractor), which keeps padding low;
+* slot-length jitter (``slot_jitter``): in a share of the documents each caption is spread, in order, over a
+  random slot length up to ``slot_jitter`` words with the filler ``.`` between its words. A prefix bridge fills a
+  slot with 16 visual tokens where the caption had 3-9 words; an LM that only ever saw caption-length slots may
+  locate "the last image" or "the tagged image" by a distance that no longer holds (WORLD_PROTOTYPE.md's
+  hypothesis for the weak distractor transfer). Jitter makes the slot length something the LM ignores;
 * AdamW with a one-cycle schedule; fp32 (bf16 gives nothing at this size on a CPU).
 
 After training, :func:`text_qa` measures greedy exact match per (task, question type) on held-out documents; the
@@ -28,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,14 +42,24 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from experiments.world.scenes import SceneSampler, WorldConfig
-from experiments.world.tasks import GENERATORS, Sample, TaskOptions, generate_samples, seed_sequence, text_only_prompt
+from experiments.world.tasks import (
+    GENERATORS,
+    Sample,
+    TaskOptions,
+    fill_captions,
+    generate_samples,
+    seed_sequence,
+    text_only_prompt,
+)
 from experiments.world.vocab import BOS, EOS, PAD, VOCAB, VOCAB_SIZE, encode_words
+
+FILLER = "."  # the word that pads a jittered slot
 
 SINGLE_TASKS = ("attribute", "count", "spatial", "fine_detail", "video_motion")
 MULTI_TASKS = ("compare", "distractor", "interleaved")
-# The quick default: every single-image format the demo may use plus the measured multi-image one. All eight formats
-# need about twice the steps (experiments/configs/world/full.yaml).
-DEFAULT_TASKS = ("attribute", "count", "spatial", "fine_detail", "compare")
+# The quick default: the single-image formats, the two-image comparison and the distractor the demo uses. All eight
+# formats need about twice the steps (experiments/configs/world/full.yaml).
+DEFAULT_TASKS = ("attribute", "count", "spatial", "fine_detail", "compare", "distractor")
 
 
 @dataclass
@@ -61,6 +77,10 @@ class LMPretrainConfig:
         task_weights: sampling weight of a task's batches within its pool (single / multi); default 1.
         distractor_ns: image counts of the distractor documents (one N per batch).
         spatial_objects: 1- and/or 2-object spatial documents.
+        task_options: ``TaskOptions`` fields set for every document and held-out group (e.g.
+            ``{"spatial_question_first": true}``); the data of bridge runs should use the same.
+        slot_jitter: maximum slot length (words) of a jittered caption; 0 turns jitter off.
+        slot_jitter_share: share of the training documents whose captions are jittered.
         compare_qtypes: question types of the compare documents.
         gate_tasks: tasks whose every question type must reach ``gate_threshold`` text-QA accuracy.
         gate_threshold: the gate (the prototype's 0.95).
@@ -86,6 +106,9 @@ class LMPretrainConfig:
     distractor_ns: list[int] = field(default_factory=lambda: [2, 4])
     spatial_objects: list[int] = field(default_factory=lambda: [1])
     compare_qtypes: list[str] = field(default_factory=lambda: ["same_colour"])
+    task_options: dict[str, Any] = field(default_factory=dict)
+    slot_jitter: int = 0
+    slot_jitter_share: float = 0.5
     gate_tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     gate_threshold: float = 0.95
     eval_per_qtype: int = 200
@@ -136,12 +159,34 @@ def formats(
     return single, multi
 
 
-def encode_documents(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def spread_caption(caption: str, length: int, rng: np.random.Generator) -> str:
+    """``caption``'s words, in order, at random positions of a slot of ``length`` words (``FILLER`` elsewhere)."""
+    words = caption.split()
+    if length <= len(words):
+        return caption
+    slot = [FILLER] * length
+    for word, pos in zip(words, np.sort(rng.choice(length, size=len(words), replace=False))):
+        slot[pos] = word
+    return " ".join(slot)
+
+
+def jittered_prompt(sample: Sample, max_length: int, rng: np.random.Generator) -> str:
+    """The text-only prompt with each caption spread over a random slot length in ``[len(caption), max_length]``."""
+    captions = []
+    for caption in sample.meta["captions"]:
+        n = len(caption.split())
+        captions.append(spread_caption(caption, int(rng.integers(n, max(n, max_length) + 1)), rng))
+    return fill_captions(sample.text, captions)
+
+
+def encode_documents(
+    samples: Sequence[Sample], prompts: Sequence[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ``(input_ids, attention_mask, answer_mask)``, each ``(B, L)``; ``answer_mask`` marks the
-    answer tokens and ``<eos>``."""
+    answer tokens and ``<eos>``. ``prompts`` replaces the text-only prompts (e.g. :func:`jittered_prompt`)."""
     docs, n_prompt = [], []
-    for s in samples:
-        prompt = [VOCAB[BOS], *encode_words(text_only_prompt(s))]
+    for i, s in enumerate(samples):
+        prompt = [VOCAB[BOS], *encode_words(text_only_prompt(s) if prompts is None else prompts[i])]
         docs.append(prompt + encode_words(s.answer) + [VOCAB[EOS]])
         n_prompt.append(len(prompt))
     length = max(map(len, docs))
@@ -186,8 +231,18 @@ class DocumentStream:
         variants = Counter(task for task, _ in pool)  # a task's weight is shared by its variants (e.g. N)
         weights = np.array([self.cfg.task_weights.get(t, 1.0) / variants[t] for t, _ in pool], dtype=float)
         task, overrides = pool[int(self.rng.choice(len(pool), p=weights / weights.sum()))]
-        options = TaskOptions(**overrides)
+        options = TaskOptions(**{**self.cfg.task_options, **overrides})
         return task, GENERATORS[task](self.samplers[task], options, self.cfg.batch_size)
+
+    def prompts(self, samples: Sequence[Sample]) -> list[str]:
+        """Text-only prompts of ``samples``, a ``slot_jitter_share`` of them jittered (see the module docstring)."""
+        cfg = self.cfg
+        return [
+            jittered_prompt(s, cfg.slot_jitter, self.rng)
+            if cfg.slot_jitter > 0 and self.rng.random() < cfg.slot_jitter_share
+            else text_only_prompt(s)
+            for s in samples
+        ]
 
 
 def train_lm(
@@ -213,7 +268,7 @@ def train_lm(
     bar = tqdm(range(steps), desc="world LM", disable=not progress, leave=False)
     for step in bar:
         _, samples = documents.batch(warm_up=step < warm_up_steps)
-        loss, lm = document_loss(model, *encode_documents(samples), cfg.answer_weight)
+        loss, lm = document_loss(model, *encode_documents(samples, documents.prompts(samples)), cfg.answer_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -272,7 +327,7 @@ def eval_groups(tasks: Iterable[str], n: int, seed: int, cfg: LMPretrainConfig, 
     groups: dict[str, list[Sample]] = {}
     single, multi = formats(cfg, list(tasks))
     for task, overrides in single + multi:
-        options = TaskOptions(**overrides)
+        options = TaskOptions(**{**cfg.task_options, **overrides})
         for s in generate_samples(task, "val", n, seed, options, world):
             key = f"{task}/{s.meta['qtype']}"
             if task == "distractor":

@@ -23,7 +23,8 @@ task            question                                                        
 =============== ======================================================================= ==================
 attribute       "what colour is it ?" / "what shape is it ?" (shapes or a digit)        coarse semantics
 count           "how many objects are there ?" (1-4 shapes)                             counting
-spatial         "where is it ?" (a shape/digit) or "where is the red circle ?" (2)      spatial layout
+spatial         "where is it ?" (a shape/digit) or "where is the red circle ?" (2;      spatial layout,
+                optionally asked before the image: ``spatial_question_first``)          binding
 fine_detail     "which digit is it ?" (a small tinted digit)                            MMFuser, Eagle
 compare         "do both images show the same colour ?" yes/no, balanced (2 images)     multi-image (NLVR2)
 distractor      "what colour is the target ?", one ``target``-tagged image among N      mPLUG-Owl3
@@ -120,7 +121,11 @@ class TaskOptions:
             question about a digit). Asking colour of several kinds, where the colour word sits at different caption
             positions, makes the LM learn to find the colour word rather than a position.
         spatial_objects: 1 ("where is it ?" about a shape or a digit) or 2 ("where is the red circle ?" with two
-            shapes: needs binding; the 2-layer LM did not learn it from text in 1500 steps, 0.47).
+            shapes: needs binding; with the question after the image the 2-layer LM did not learn it from text in
+            1500 steps, 0.47).
+        spatial_question_first: with 2 objects, ask before the image ("question : where is the red circle ?
+            <img> ... </img> answer :"), so the LM reads the slot already knowing which object is asked about
+            (and an instruction-aware bridge could too); the binding then happens inside the slot.
         compare_qtypes: from "same_colour" (prototype: text ceiling 1.0) and "same_shape".
         distractor_n: images per ``distractor`` sample (1 target + N-1 distractors); up to 400 and beyond.
         video_frames: frames per ``video_motion`` item.
@@ -131,6 +136,7 @@ class TaskOptions:
     attribute_qtypes: list[str] = field(default_factory=lambda: ["colour", "shape"])
     attribute_kinds: list[str] = field(default_factory=lambda: ["object", "count", "digit"])
     spatial_objects: int = 1
+    spatial_question_first: bool = False
     compare_qtypes: list[str] = field(default_factory=lambda: ["same_colour"])
     distractor_n: int = 4
     video_frames: int = 4
@@ -204,7 +210,10 @@ def _spatial(sampler: SceneSampler, opt: TaskOptions, n: int) -> list[Sample]:
         media = sampler.pair()
         obj = media.frames[0].objects[int(sampler.rng.integers(2))]
         question = QTYPES["where_named"].question.format(colour=COLOURS[obj.colour], shape=SHAPES[obj.shape])
-        text = f"{SLOT} question : {question} answer :"
+        if opt.spatial_question_first:
+            text = f"question : {question} {SLOT} answer :"
+        else:
+            text = f"{SLOT} question : {question} answer :"
         out.append(Sample(text, quadrant_words(obj.quadrant), [media], _meta("spatial", "where_named", [media], None)))
     return out
 
