@@ -80,6 +80,7 @@ def test_eval_cli_writes_out_dir_that_load_runs_reads(trained: Path, tmp_path: P
     assert record["evaluated_from"] == str(trained) and record["evaluations"][0]["tasks"]["pair"] == scores["score"]
     df = load_runs(out)
     assert list(df["task"]) == ["pair"] and df["exact_match"].iloc[0] == scores["exact_match"]
+    assert df["metric"].iloc[0] == "exact_match" and df["score"].iloc[0] == scores["score"]
     assert df["bridge"].iloc[0] == "mlp" and df["status"].iloc[0] == "finished"
 
 
@@ -126,6 +127,10 @@ def test_eval_cli_scores_a_llava_json_with_vqa_accuracy(trained: Path, tmp_path:
     expected = sum(vqa_accuracy(p["prediction"], p["meta"]["answers"]) for p in preds) / 3
     assert scores["score"] == pytest.approx(expected) and [p["correct"] for p in preds] == pytest.approx(
         [vqa_accuracy(p["prediction"], p["meta"]["answers"]) for p in preds])
+    from experiments.analysis import load_runs
+
+    row = load_runs(tmp_path / "out").set_index("task").loc["colour_vqa"]
+    assert row["metric"] == "vqa_accuracy" and row["score"] == pytest.approx(expected)
 
 
 def test_eval_cli_refuses_model_overrides_and_missing_runs(trained: Path, tmp_path: Path, capsys) -> None:

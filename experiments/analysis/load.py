@@ -84,11 +84,12 @@ def _run_rows(run_dir: Path, root: Path) -> list[dict[str, Any]]:
     base.update({f"cfg.{k}": v for k, v in _flatten(config).items()})
     scores = sorted((run_dir / "eval").glob("*/scores.json")) if (run_dir / "eval").exists() else []
     if not scores:
-        return [{**base, "task": None, "exact_match": None, "n": None}]
+        return [{**base, "task": None, "exact_match": None, "n": None, "metric": None, "score": None}]
     rows = []
     for path in scores:
         score = _read_json(path)
-        row = {**base, "task": path.parent.name, "exact_match": score.get("exact_match"), "n": score.get("n")}
+        row = {**base, "task": path.parent.name, "exact_match": score.get("exact_match"), "n": score.get("n"),
+               "metric": score.get("metric", "exact_match"), "score": score.get("score", score.get("exact_match"))}
         row.update({field: score.get(field) for field in REFERENCE_FIELDS})
         rows.append(row)
     return rows
@@ -97,7 +98,8 @@ def _run_rows(run_dir: Path, root: Path) -> list[dict[str, Any]]:
 def load_runs(path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     """One row per (run, task) for every run directory under ``path`` (or under each path of a list).
 
-    Columns: ``run, run_dir, name, bridge, seed, status, error, task, exact_match, n``, the task's reference
+    Columns: ``run, run_dir, name, bridge, seed, status, error, task, exact_match, n``, the task's ``metric`` and its
+    headline ``score`` (``experiments.evaluation``; exact match for older runs), the task's reference
     levels (``chance, random_image, text_ceiling`` when the data source records them), the efficiency budget
     (``visual_tokens_per_media, trainable_params, total_params, flops_per_sample, train_samples_per_s,
     peak_memory_mb``) and every resolved config value flattened as ``cfg.<dotted.key>``. Failed and unfinished
