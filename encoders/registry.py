@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -69,10 +71,36 @@ def merge_config(config_cls: type, overrides: Mapping[str, Any] | DictConfig | N
     except ValidationError as err:
         key = getattr(err, "full_key", None) or "?"
         full = f"{path}.{key}" if path else str(key)
-        raise ConfigError(f"Wrong type for config key '{full}' in {config_cls.__name__}: {err.msg}") from None
+        expected = _field_type(config_cls, str(key))
+        fix = f" Fix: give '{full}' a value of type {expected}." if expected else ""
+        reason = str(err.msg).splitlines()[0]
+        raise ConfigError(f"Wrong type for config key '{full}' in {config_cls.__name__}: {reason}.{fix}") from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"Invalid config at '{path or config_cls.__name__}': {err}") from None
     return OmegaConf.to_object(merged)
+
+
+def _field_type(config_cls: type, dotted: str) -> str | None:
+    """The declared type of the field at ``dotted`` (through nested dataclasses and ``dict[str, dataclass]``)."""
+    tp: Any = config_cls
+    parts = dotted.split(".")
+    while parts:
+        if typing.get_origin(tp) is dict:
+            tp, parts = typing.get_args(tp)[1], parts[1:]
+            continue
+        if not dataclasses.is_dataclass(tp):
+            return None
+        try:
+            hints = typing.get_type_hints(tp)
+        except Exception:  # noqa: BLE001 - an unresolvable annotation: no hint
+            return None
+        if parts[0] not in hints:
+            return None
+        tp, parts = hints[parts[0]], parts[1:]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        tp = args[0]
+    return getattr(tp, "__name__", None) if not typing.get_args(tp) else str(tp).replace("typing.", "")
 
 
 class Registry(Generic[T]):

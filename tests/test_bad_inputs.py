@@ -103,12 +103,13 @@ def test_misspelt_bridge_key_lists_the_schema() -> None:
 
 def test_wrong_type() -> None:
     message_of(ConfigError, lambda: config("train.effective_batch_size=abc"),
-               "Wrong type for config key 'train.effective_batch_size'", "abc")
+               "Wrong type for config key 'train.effective_batch_size'", "abc",
+               "Fix: give 'train.effective_batch_size' a value of type int")
 
 
 def test_wrong_type_in_the_bridge_section() -> None:
     message_of(ConfigError, lambda: config("bridge=perceiver", "bridge.num_latents=abc"),
-               "Wrong type for config key 'bridge.num_latents'", "'abc'", "Integer")
+               "Wrong type for config key 'bridge.num_latents'", "'abc'", "a value of type int")
 
 
 # ranges at config time: key, value, allowed range, fix --------------------------------------------------------------
