@@ -10,7 +10,8 @@ For each N, one sample holds N images between a fixed text (:mod:`benchmarks.sca
 and LM for every bridge). Measured per bridge and N, the bridges timed interleaved (one measurement of each in turn):
 
 * prefill (first-token) latency: ``MultimodalLM.generate(max_new_tokens=1)``, encoder included;
-* per-decoded-token latency: ``(t(generate 1 + k tokens) - t(generate 1 token)) / k`` with the KV cache;
+* per-decoded-token latency: the median time between consecutive steps of ``generate`` (KV cache), taken by a
+  logits processor that records the clock at every step, over ``k`` decoded tokens and every repeat;
 * encoder time (the same patches for every bridge, so timed once per N);
 * peak memory of the prefill (:func:`benchmarks.measure.peak_memory_bytes`: CPU tensor memory, CUDA allocated);
 * LM sequence length, KV-cache bytes after prefill, the inject bridges' visual memory bytes;
@@ -28,12 +29,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from benchmarks.measure import Settings, count_flops, flop_method, forward, memory_method, peak_memory_bytes, time_calls
 from benchmarks.run import _atomic_write, _load, machine
@@ -47,8 +51,36 @@ RATIOS = (("mlp", "hyper_attention"), ("qformer", "hyper_attention"), ("flamingo
 DECODE_TOKENS = 4
 
 
-def _generate(model: Any, batch: Any, tokens: int) -> Any:
-    return lambda: model.generate(batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+def _generate(model: Any, batch: Any, tokens: int, **kwargs: Any) -> Any:
+    return lambda: model.generate(batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, **kwargs)
+
+
+class _Clock(LogitsProcessor):
+    """Records the time at every generation step (HF calls logits processors once per new token)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.is_cuda:
+            torch.cuda.synchronize(scores.device)
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def _per_token_ms(models: dict[str, Any], batches: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Median time between consecutive generation steps (one decoded token with the KV cache), per bridge; the
+    bridges take turns, the order reversed every round."""
+    intervals: dict[str, list[float]] = {name: [] for name in models}
+    order = list(models)
+    for _ in range(max(1, repeats)):
+        for name in order:
+            clock = _Clock()
+            forward(_generate(models[name], batches[name], 1 + DECODE_TOKENS,
+                              logits_processor=LogitsProcessorList([clock])))()
+            intervals[name] += [b - a for a, b in zip(clock.times, clock.times[1:], strict=False)]
+        order.reverse()
+    return {name: 1e3 * statistics.median(v) for name, v in intervals.items()}
 
 
 def _cache_bytes(model: Any, batch: Any) -> int:
@@ -144,8 +176,8 @@ def _run(
         calls = {"encoder": forward(lambda m=live[first], b=batches[first]: m.encode_media(b))}
         for name, model in live.items():
             calls[f"{name}/prefill"] = forward(_generate(model, batches[name], 1))
-            calls[f"{name}/decode"] = forward(_generate(model, batches[name], 1 + DECODE_TOKENS))
         times = time_calls(calls, settings)
+        per_token = _per_token_ms(live, batches, settings.repeats)
         for name, model in live.items():
             batch = batches[name]
             prefill = times[f"{name}/prefill"]["median_ms"]
@@ -153,7 +185,7 @@ def _run(
             point = {
                 "bridge": name, "n": n, "lm_sequence_length": seq, "prefill_ms": prefill,
                 "prefill_iqr_ms": times[f"{name}/prefill"]["iqr_ms"],
-                "per_token_ms": max(0.0, times[f"{name}/decode"]["median_ms"] - prefill) / DECODE_TOKENS,
+                "per_token_ms": per_token[name],
                 "encoder_ms": times["encoder"]["median_ms"],
                 "peak_prefill_bytes": peak_memory_bytes(forward(_generate(model, batch, 1)), settings),
                 "kv_cache_bytes": _cache_bytes(model, batch), "visual_memory_bytes": _memory_bytes(model, batch),
