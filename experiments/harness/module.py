@@ -79,7 +79,9 @@ def generate_answers(model: nn.Module, batch: Any, max_new_tokens: int) -> list[
 
 
 def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -98,7 +100,8 @@ class BridgeLitModule(L.LightningModule):
 
     Args:
         model: the ``MultimodalLM`` (encoders + bridge + LM).
-        stage_name / stage: the stage config; ``plan`` is its applied policy (:func:`~experiments.harness.stages.apply_stage`).
+        stage_name / stage: the stage config; ``plan`` is its applied policy
+            (:func:`~experiments.harness.stages.apply_stage`).
         saved_groups: parameter groups stored in checkpoints (every group trained so far, and the bridge).
         run_config: the resolved run config, stored in every checkpoint.
         max_new_tokens: generation length for ``predict_step``.

@@ -54,12 +54,12 @@ from experiments.harness.efficiency import flops_per_sample, summarise
 from experiments.harness.evaluation import prediction_records, score
 from experiments.harness.faults import fault_point
 from experiments.harness.module import CKPT_KEY, BridgeLitModule, read_checkpoint
+from experiments.harness.recovery import RECOVERY_POLICIES, final_usable, resume_point
 from experiments.harness.rundir import (
     STATUS_FAILED,
     STATUS_FINISHED,
     STATUS_INTERRUPTED,
     STATUS_RUNNING,
-    CorruptRunFile,
     RunDir,
     RunRefused,
     git_info,
@@ -72,8 +72,6 @@ from experiments.harness.stages import apply_stage, count_params
 from experiments.harness.trainer import BatchPlan, batch_plan, build_loggers, build_trainer, world_size_of
 
 log = logging.getLogger(__name__)
-
-RECOVERY_POLICIES = ("fail", "previous", "restart_stage")
 
 
 @dataclass
@@ -189,37 +187,6 @@ def _load_weights(module: BridgeLitModule, path: Path) -> None:
     module.apply_pending_rng()  # the next stage starts from the RNG state this stage ended with
 
 
-def _resume_point(run: RunConfig, rd: RunDir, stage: str) -> tuple[Path | None, int]:
-    """The checkpoint a stage resumes from and its step: ``last.ckpt``, else ``prev.ckpt`` (a process killed between
-    the two renames of a commit), else none (start the stage). A damaged ``last.ckpt`` is handled as
-    ``resume_from_corrupt`` says: ``fail`` (the default: an error naming the file and the options), ``previous``
-    (resume from ``prev.ckpt``), ``restart_stage`` (train the stage again from its start)."""
-    last, prev = rd.last_checkpoint(stage), rd.previous_checkpoint(stage)
-    for path in (last, prev):
-        if not path.exists():
-            continue
-        try:
-            return path, int(read_checkpoint(path).get("global_step", 0))
-        except CorruptRunFile as err:
-            policy = run.resume_from_corrupt
-            if policy == "fail" or (policy == "previous" and path == prev):
-                options = [f"resume_from_corrupt=restart_stage (train stage '{stage}' again from its start)"]
-                if path == last and prev.exists():
-                    options.insert(0, f"resume_from_corrupt=previous (resume from {prev})")
-                raise CorruptRunFile(
-                    f"{err} To go on, rerun with {' or '.join(options)}; the damaged file is then moved aside "
-                    f"to {path.name}.corrupt."
-                ) from err
-            aside = path.with_name(path.name + ".corrupt")
-            os.replace(path, aside)
-            log.warning("%s is damaged; moved to %s (resume_from_corrupt=%s)", path, aside, policy)
-            if policy == "restart_stage" or not prev.exists():
-                prev.unlink(missing_ok=True)
-                log.warning("Stage '%s' trains again from its start", stage)
-                return None, 0
-    return None, 0
-
-
 def _execute(run: RunConfig, rd: RunDir, reevaluate: bool = False) -> dict[str, Any]:
     if run.trainer.accelerator == "cpu":
         # Once a bridge fits well its gradients shrink into denormal floats, which x86 CPUs process 10-100x slower
@@ -268,12 +235,12 @@ def _execute(run: RunConfig, rd: RunDir, reevaluate: bool = False) -> dict[str, 
             "batch": plans[name],
             "checkpoint": str(final.relative_to(rd.path)),
         }
-        if final.exists() and _final_usable(run, final, name):
+        if final.exists() and final_usable(run, final, name):
             log.info("Stage '%s' finished earlier: loading %s", name, final)
             _load_weights(module, final)
             stage_perf[name] = dict(earlier.get(name, {}).get("perf", {}))
         else:
-            ckpt, resume_step = _resume_point(run, rd, name)
+            ckpt, resume_step = resume_point(run, rd, name)
             if ckpt:
                 log.info("Stage '%s': resuming from %s (step %d)", name, ckpt, resume_step)
             stage_perf[name] = _fit_stage(run, rd, module, data, stage, bplan, name, names[i + 1 :], offset,
@@ -403,23 +370,6 @@ def _evaluate(
         values = [v for k, v in metrics.items() if k.endswith("/exact_match")]
         metrics["eval/mean_exact_match"] = sum(values) / len(values)
     return metrics
-
-
-def _final_usable(run: RunConfig, final: Path, stage: str) -> bool:
-    """Whether a stage's ``final.ckpt`` can be loaded; a damaged one fails naming the file, or with
-    ``resume_from_corrupt=restart_stage`` (or ``previous``: a finished stage keeps no earlier checkpoint) is moved
-    aside and the stage trains again."""
-    try:
-        read_checkpoint(final)
-        return True
-    except CorruptRunFile as err:
-        if run.resume_from_corrupt == "fail":
-            raise CorruptRunFile(
-                f"{err} Rerun with resume_from_corrupt=restart_stage to train stage '{stage}' again, or delete the file."
-            ) from err
-        os.replace(final, final.with_name(final.name + ".corrupt"))
-        log.warning("%s is damaged; moved aside, stage '%s' trains again", final, stage)
-        return False
 
 
 def checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
