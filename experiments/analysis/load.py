@@ -79,6 +79,7 @@ def _run_rows(run_dir: Path, root: Path) -> list[dict[str, Any]]:
         "duration_s": record.get("duration_s"),
         "git_sha": (record.get("git") or {}).get("sha"),
         "config_hash": record.get("config_hash"),
+        "evaluated_from": record.get("evaluated_from"),  # set by bridgelab eval --out: a re-scoring, not a new run
     }
     base.update({field: efficiency.get(field) for field in EFFICIENCY_FIELDS})
     base.update({f"cfg.{k}": v for k, v in _flatten(config).items()})
