@@ -86,6 +86,14 @@ def test_wrong_values_of_a_preset_bridge_fail_before_any_run(tmp_path: Path, cap
     assert not (tmp_path / "run.json").exists()
 
 
+def test_a_flamingo_interval_above_the_lm_depth_fails_instead_of_being_ignored(tmp_path: Path) -> None:
+    assert main(["train", "experiment=smoke", "bridge=flamingo", "bridge.cross_attn_every_n_layers=100",
+                 *FAST_SMOKE, f"run_dir={tmp_path}"]) == 1
+    rec = record(tmp_path)
+    assert rec["status"] == "failed" and "'bridge.cross_attn_every_n_layers' = 100 is out of range" in rec["error"]
+    assert rec["config"]["bridge"]["cross_attn_every_n_layers"] == 100  # the command line's value, not the preset's
+
+
 def test_by_bridge_keys_are_checked_against_the_bridge_schema() -> None:
     from encoders.registry import ConfigError
 
