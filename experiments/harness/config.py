@@ -1,11 +1,13 @@
 """The run configuration: typed dataclasses for everything the harness owns, strict validation, composition.
 
-Merge order (documented once, here): dataclass defaults < ``experiment/`` preset < ``paper/`` preset < CLI
-overrides. Hydra composes the YAML groups (``experiments/configs/config.yaml`` lists them);
-:func:`validate_config` then merges the result onto :class:`RunConfig`, so a misspelt key or a wrong type fails
-at once with the key's full path and the valid keys at that path. The component sections (``encoder``, ``llm``,
-``bridge``, ``data``, ``world``) are typed ``Any`` here: their own registries validate them the same way when the
-model and the data are built.
+Merge order (documented once, here): dataclass defaults < ``experiment/`` preset (with its ``by_bridge`` fragment
+for the run's bridge) < ``paper/`` preset < CLI overrides. Hydra composes the YAML groups
+(``experiments/configs/config.yaml`` lists them); :func:`cli_wins` writes the command line's values into the
+``by_bridge`` fragments; :func:`validate_config` then merges the fragment and the result onto :class:`RunConfig`, so
+a misspelt key or a wrong type fails at once with the key's full path and the valid keys at that path, and checks
+ranges (``experiments.harness.checks``). The component sections (``encoder``, ``llm``, ``bridge``, ``data``,
+``world``) are typed ``Any`` here: the ``bridge`` section is checked against its registered config dataclass when
+the bridge is known; all are validated by their registries when the model and the data are built.
 """
 
 from __future__ import annotations
