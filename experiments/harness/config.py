@@ -1,7 +1,8 @@
 """The run configuration: typed dataclasses for everything the harness owns, strict validation, composition.
 
-Merge order (documented once, here): dataclass defaults < ``experiment/`` preset (with its ``by_bridge`` fragment
-for the run's bridge) < ``paper/`` preset < CLI overrides. Hydra composes the YAML groups
+Merge order (documented once, here): dataclass defaults < ``experiment/`` preset < ``paper/`` preset < CLI
+overrides; a ``by_bridge`` fragment is merged after composition, so it wins over both presets but never over the
+command line. Hydra composes the YAML groups
 (``experiments/configs/config.yaml`` lists them); :func:`cli_wins` writes the command line's values into the
 ``by_bridge`` fragments; :func:`validate_config` then merges the fragment and the result onto :class:`RunConfig`, so
 a misspelt key or a wrong type fails at once with the key's full path and the valid keys at that path, and checks
