@@ -36,6 +36,7 @@ class HFColumns:
     answer: str | None = "answer"
     conversations: str | None = "conversations"
     answers: str | None = "answers"
+    options: str | None = "options"
     id: str | None = "id"
     meta: str | None = "meta"
 
@@ -126,8 +127,9 @@ class HFSamples:
         sample_id = index if sample_id is None else sample_id
         raw_meta = self._get(row, "meta")
         meta = json.loads(raw_meta) if isinstance(raw_meta, str) else dict(raw_meta or {})
-        if self._get(row, "answers") is not None:
-            meta["answers"] = list(self._get(row, "answers"))
+        for key in ("answers", "options"):  # what vqa_accuracy / multiple_choice read (experiments.evaluation)
+            if self._get(row, key) is not None:
+                meta[key] = list(self._get(row, key))
         meta.update(id=sample_id, source="hf", metric=meta.get("metric", self.cfg.metric))
         n_images = self._count_images(index)
         images: list[Any] = [None] * n_images

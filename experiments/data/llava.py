@@ -30,7 +30,9 @@ from experiments.data.media import ImageOptions, image_tensor, load_video
 from experiments.data.samples import DataError, LazySamples, conversation_messages, conversation_sample
 from experiments.harness.data import DATA_SOURCES, DataSource, TaskData
 
-PASSTHROUGH = ("answers", "choices", "question_type", "category", "data_source")  # record keys copied to meta
+# record keys copied to meta: what the evaluation's metrics read (experiments/evaluation/__init__.py)
+PASSTHROUGH = ("answers", "choices", "options", "circular_id", "question", "question_id", "question_type", "category",
+               "data_source")
 
 
 @dataclass
@@ -48,8 +50,9 @@ class LlavaDataConfig(ImageOptions):
         task_field: a record field (dotted for nested: ``meta.task``) whose value names each record's task, to keep
             several tasks in one file (``bridgelab export-world`` writes ``meta.task``); every record is parsed once
             at start-up to group them. ``None``: one task, ``task``.
-        metric: how the evaluation scores this task (``exact_match``, ``vqa_accuracy``, ``multiple_choice``,
-            ``caption``); passed to every sample's meta and to ``TaskData.info``.
+        metric: how the evaluation scores this task (a name of ``experiments.evaluation.METRICS``: ``exact_match``,
+            ``vqa_accuracy``, ``multiple_choice``, ``circular_mc``, ``caption``); in ``TaskData.info`` and every
+            sample's meta. Records may carry what the metric reads (``answers``, ``options``, ``circular_id``).
         skip_bad_samples: broken samples a process may skip (each logged with its id); 0: stop at the first.
     """
 

@@ -109,8 +109,10 @@ def prepare_image(img: Image.Image, options: ImageOptions) -> torch.Tensor:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """8-bit RGB -> ``(3, H, W)`` float ``x / 255``."""
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    # numpy, not torch: the same correctly rounded float32 division as the world's ``uint8.float() / 255``, without
+    # torch's intra-op threads (measured 30 ms per 128x128 image with 2 threads on a loaded 2-core machine)
+    chw = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), dtype=np.float32)
+    return torch.from_numpy(chw / np.float32(255.0))
 
 
 def image_tensor(source: str | os.PathLike[str] | bytes, options: ImageOptions) -> torch.Tensor:

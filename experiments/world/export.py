@@ -150,8 +150,8 @@ def _hf(out: Path, pools: dict[str, dict[str, Any]]) -> list[str]:
                 rows["images"].append([{"bytes": png_bytes(m), "path": None} for m in _media_items(sample)])
                 rows["meta"].append(json.dumps(_record_meta(sample, task)))
         splits[SPLITS[split]] = datasets.Dataset.from_dict(rows, features=features)
-    datasets.DatasetDict(splits).save_to_disk(str(out / "hf"))
-    return ["data=hf", f"data.path={out}/hf", "data.columns.image=images", "data.task_field=task"]
+    datasets.DatasetDict(splits).save_to_disk(str(out))
+    return ["data=hf", f"data.path={out}", "data.columns.image=images", "data.task_field=task"]
 
 
 def main(argv: Sequence[str]) -> int:
