@@ -337,8 +337,8 @@ register_preset(
         BridgeIO((_VIT_G,), LMInfo(2560, 32, 32, 32, 80, 50272, "opt")),
         expected_params=185_700_000,
         count="bridge.qformer",
-        source="BRIDGES.md 2.6: stage-1 Q-Former core (text embeddings, vocab 30523, and both FFN sets; the ITC/ITM/ITG "
-        "heads of bridges.qformer_pretrain add 1.02M for ~186.7M; the paper's 188M adds small extras)",
+        source="BRIDGES.md 2.6: stage-1 Q-Former core (text embeddings, vocab 30523, and both FFN sets; the "
+        "ITC/ITM/ITG heads of bridges.qformer_pretrain add 1.02M for ~186.7M; the paper's 188M adds small extras)",
     )
 )
 register_preset(
