@@ -24,7 +24,7 @@ from experiments.cli import main
 from experiments.harness import faults, runlock
 from experiments.harness import module as module_lib
 from experiments.harness.loading import load_run
-from experiments.harness.rundir import RunDir
+from experiments.harness.rundir import CorruptRunFile, RunDir
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -299,6 +299,22 @@ def test_restart_stage_trains_a_stage_with_a_damaged_checkpoint_again(tmp_path: 
     assert main([*args, "resume_from_corrupt=restart_stage"]) == 0
     assert rd.read()["status"] == "finished" and _steps(rd) == list(range(8))
     assert rd.read()["attempts"] == 2 and not rd.previous_checkpoint("align").exists()
+
+
+def test_a_damaged_final_checkpoint_is_named_and_restart_stage_trains_it_again(tmp_path: Path, capsys) -> None:
+    args = ["train", *TOY, f"run_dir={tmp_path}", "stages.align.max_steps=2"]
+    assert main(args) == 0
+    rd = RunDir(tmp_path)
+    final = rd.final_checkpoint("align")
+    final.write_bytes(final.read_bytes()[:100])
+    with pytest.raises(CorruptRunFile, match=f"{final} is damaged and cannot be loaded"):
+        load_run(tmp_path)
+    capsys.readouterr()
+    assert main([*args, "eval.limit=3"]) != 0  # a re-evaluation needs the weights
+    assert f"{final} is damaged" in capsys.readouterr().err
+    assert main([*args, "eval.limit=3", "resume_from_corrupt=restart_stage"]) == 0
+    assert rd.read()["status"] == "finished" and rd.read_scores()["colour"]["n"] == 3
+    assert final.with_name("final.ckpt.corrupt").exists() and load_run(tmp_path).checkpoint == final
 
 
 def test_a_damaged_run_json_is_named(tmp_path: Path, capsys) -> None:
