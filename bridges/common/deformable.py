@@ -7,8 +7,9 @@ point, and takes a softmax-weighted sum of the bilinearly sampled values. Used b
   ``MultiScaleDeformableAttention``), with no compiled CUDA op and no ``grid_sample``: the 4 bilinear corners of
   every sample are rows of the ``(N*S*M, Dh)`` value table (the projected values as they are, no copy), and one
   ``embedding_bag`` takes their weighted sum (bilinear x attention weights) for every query and head at once, all
-  levels included; its backward is two batched products and one ``index_add_``. Against the ``grid_sample``
-  formulation this removes the copies of the value maps and samples and ``grid_sample``'s slow CPU backward.
+  levels included (its backward gives the gradients of the values and of the weights, hence of the locations).
+  Against the ``grid_sample`` formulation this removes the copies of the value maps and of the samples, and
+  ``grid_sample``'s slow CPU backward.
 * :class:`MSDeformAttn` is the reference module, with the reference parameter names (``sampling_offsets``,
   ``attention_weights``, ``value_proj``, ``output_proj``) and initialisation, so Deformable-DETR, MMFuser and
   transformers' ``DeformableDetrMultiscaleDeformableAttention`` state dicts load 1:1
@@ -76,8 +77,11 @@ def ms_deform_attn_core(
     rows, weights = _bilinear_rows(shapes, sampling_locations, attention_weights, s, m)
     # value (N, S, M, Dh) is already a table of rows (n, s, m): no copy of the maps, one fused gather + sum
     corners = levels * sampling_locations.shape[4] * 4
-    out = _WeightedRowSum.apply(
-        value.reshape(n * s * m, dh), rows.reshape(n * q * m, corners), weights.reshape(n * q * m, corners)
+    out = F.embedding_bag(
+        rows.reshape(n * q * m, corners),
+        value.reshape(n * s * m, dh),
+        mode="sum",
+        per_sample_weights=weights.reshape(n * q * m, corners).to(value.dtype),
     )
     return out.view(n, q, m * dh)
 
@@ -109,33 +113,6 @@ def _bilinear_rows(
     head = torch.arange(m, device=device).view(1, 1, m, 1, 1, 1)
     rows = (batch * s + pos) * m + head
     return rows, bilinear * inside * attention[..., None]
-
-
-class _WeightedRowSum(torch.autograd.Function):
-    """``out[b] = sum_k weights[b, k] * table[rows[b, k]]``: ``embedding_bag`` forward, a gather/scatter backward.
-
-    ``embedding_bag``'s own backward sorts the indices and is several times slower on CPU than the two batched
-    products and one ``index_add_`` used here.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(table, rows, weights)
-        return F.embedding_bag(rows, table, mode="sum", per_sample_weights=weights.to(table.dtype))
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:
-        table, rows, weights = ctx.saved_tensors
-        b, k = rows.shape
-        flat = rows.reshape(-1)
-        grad_table = grad_weights = None
-        if ctx.needs_input_grad[0]:
-            spread = torch.bmm(weights.to(grad.dtype)[:, :, None], grad[:, None, :])  # (B, K, Dh)
-            grad_table = torch.zeros_like(table).index_add_(0, flat, spread.reshape(b * k, -1))
-        if ctx.needs_input_grad[2]:
-            gathered = table.index_select(0, flat).view(b, k, -1)
-            grad_weights = torch.bmm(gathered, grad[:, :, None]).squeeze(-1).to(weights.dtype)
-        return grad_table, None, grad_weights
 
 
 def ms_deform_attn_flops(
