@@ -199,7 +199,8 @@ def to_markdown(r: dict[str, Any]) -> str:
     rows = [
         ("index build time (s)", f"{r['index']['seconds']:.2f}", f"json.load: {r['json_load']['seconds']:.2f}"),
         ("index resident memory (MiB)", f"{r['index']['rss_bytes'] / mib:.1f}",
-         f"json.load: {r['json_load']['rss_bytes'] / mib:.1f} (fraction {r['index_memory_fraction']:.3f}; target <= 0.2)"),
+         f"json.load: {r['json_load']['rss_bytes'] / mib:.1f} "
+         f"(fraction {r['index_memory_fraction']:.3f}; target <= 0.2)"),
         ("loader samples/s", f"{r['loader_samples_per_s']:.0f}",
          f"decode-only: {r['decode_only_samples_per_s']:.0f} (ratio {r['ratio']:.2f}; target >= 0.8)"),
     ]

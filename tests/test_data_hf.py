@@ -48,7 +48,8 @@ def build(**cfg: Any) -> TaskData:
 
 
 def test_save_to_disk_dict_with_column_mapping_and_vqa_answers(tmp_path: Path) -> None:
-    datasets.DatasetDict({"train": dataset(vqa_rows(6)), "test": dataset(vqa_rows(3, 100))}).save_to_disk(tmp_path / "d")
+    splits = {"train": dataset(vqa_rows(6)), "test": dataset(vqa_rows(3, 100))}
+    datasets.DatasetDict(splits).save_to_disk(tmp_path / "d")
     data = build(path=str(tmp_path / "d"), columns=COLUMNS, task="vqav2", metric="vqa_accuracy", image_aspect="pad",
                  pad_colour=[0, 0, 0])
     assert {t: len(p) for t, p in data.train.items()} == {"vqav2": 6}
@@ -73,9 +74,10 @@ def test_parquet_files_and_a_held_out_fraction(tmp_path: Path) -> None:
 
 def test_conversations_column_and_errors(tmp_path: Path) -> None:
     conv = [[{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "hello"}]]
+    turn = {"from": datasets.Value("string"), "value": datasets.Value("string")}
+    features = datasets.Features({"image": datasets.Image(), "conversations": datasets.List(turn)})
     ds = datasets.Dataset.from_dict({"image": [{"bytes": png(1), "path": None}], "conversations": conv},
-                                    features=datasets.Features({"image": datasets.Image(), "conversations": datasets.List(
-                                        {"from": datasets.Value("string"), "value": datasets.Value("string")})}))
+                                    features=features)
     ds.save_to_disk(tmp_path / "c")
     s = build(path=str(tmp_path / "c")).train["hf"][0]
     assert s["text"] == "<image> hi" and s["answer"] == "hello" and len(s["images"]) == 1

@@ -1,4 +1,5 @@
-"""Image and video loading on real photographs (scikit-learn's china.jpg and flower.jpg): aspect handling, modes, EXIF."""
+"""Image and video loading on real photographs (scikit-learn's china.jpg and flower.jpg): aspect handling, modes,
+EXIF orientation, videos."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def test_grayscale_and_rgba_become_rgb(photos) -> None:
     out = image_tensor(png(rgba), ImageOptions(image_aspect="resize", pad_colour=[1.0, 1.0, 1.0]))
     assert out.shape == (3, 427, 640)
     assert bool((out[:, :, :100] == 1.0).all())
-    assert torch.equal(out[:, :, 100:], torch.from_numpy(photos["china"][:, 100:].copy()).permute(2, 0, 1).float().div(255))
+    visible = torch.from_numpy(photos["china"][:, 100:].copy()).permute(2, 0, 1).float().div(255)
+    assert torch.equal(out[:, :, 100:], visible)
 
 
 def test_exif_rotated_jpeg_is_turned_upright(photos) -> None:

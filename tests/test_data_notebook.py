@@ -34,7 +34,8 @@ def test_your_data_notebook(tmp_path: Path) -> None:
         run = json.loads((tmp_path / "runs" / bridge / "run.json").read_text())
         assert run["status"] == "finished" and run["config"]["data"]["name"].endswith("llava")
         for mode in ("generate", "loglikelihood"):
-            scores = json.loads((tmp_path / "evals" / f"{bridge}-{mode}" / "eval" / "compare" / "scores.json").read_text())
+            path = tmp_path / "evals" / f"{bridge}-{mode}" / "eval" / "compare" / "scores.json"
+            scores = json.loads(path.read_text())
             assert scores["n"] == 8 and scores["mode"] == mode
     table = pd.read_csv(tmp_path / "evals" / "comparison.csv")
     assert sorted(zip(table["bridge"], table["task"])) == [(b, t) for b in ("mlp", "perceiver")

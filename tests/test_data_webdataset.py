@@ -1,4 +1,5 @@
-"""``data=webdataset``: pairs, MMC4 / OBELICS documents, shard lists, the stream split across ranks and workers, resume."""
+"""``data=webdataset``: pairs, MMC4 / OBELICS documents, shard lists, the stream split across ranks and workers,
+resumption."""
 
 from __future__ import annotations
 
@@ -70,8 +71,8 @@ def test_pairs_as_documents_or_answers_from_a_brace_list_or_a_folder(tmp_path: P
 
 
 def test_obelics_and_mmc4_documents_place_images_where_they_belong(tmp_path: Path) -> None:
-    obelics = {"__key__": "doc1", "0.png": png(10), "1.png": png(20),
-               "json": json.dumps({"texts": [None, "a cat.", None, "a dog."], "images": ["0.png", None, "1.png", None]})}
+    layout = {"texts": [None, "a cat.", None, "a dog."], "images": ["0.png", None, "1.png", None]}
+    obelics = {"__key__": "doc1", "0.png": png(10), "1.png": png(20), "json": json.dumps(layout)}
     mmc4 = {"__key__": "doc2", "json": json.dumps({
         "text_list": ["first sentence.", "second sentence."],
         "image_info": [{"image_base64": base64.b64encode(png(30)).decode(), "matched_text_index": 1}]})}

@@ -143,11 +143,13 @@ class HFSamples:
             question = str(self._get(row, "question"))
             if IMAGE_TOKEN not in question and n_images:
                 question = "\n".join([IMAGE_TOKEN] * n_images + [question])
-            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": str(self._get(row, "answer"))}]
+            answer = str(self._get(row, "answer"))
+            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         else:
             raise DataError(
                 f"Sample {sample_id!r} ({where}) has neither a '{self.cfg.columns.conversations}' column nor "
-                f"'{self.cfg.columns.question}' + '{self.cfg.columns.answer}'; set data.columns to this dataset's names "
+                f"'{self.cfg.columns.question}' + '{self.cfg.columns.answer}'; "
+                "set data.columns to this dataset's names "
                 f"(columns: {sorted(self.names)})"
             )
         sample = conversation_sample(messages, images, meta, sample_id, where)

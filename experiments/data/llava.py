@@ -101,11 +101,13 @@ def sample_strategy(n: int, strategy: str, rng: np.random.Generator, where: str)
         return np.arange(n)
     kind, _, amount = strategy.partition(":")
     if kind not in ("first", "end", "random") or not amount:
-        raise ConfigError(f"{where}: sampling_strategy '{strategy}' is not all, first:N, end:N or random:N (N may be N%)")
+        raise ConfigError(
+            f"{where}: sampling_strategy '{strategy}' is not all, first:N, end:N or random:N (N may be N%)")
     try:
         count = int(n * float(amount[:-1]) / 100) if amount.endswith("%") else int(amount)
     except ValueError:
-        raise ConfigError(f"{where}: sampling_strategy '{strategy}': '{amount}' is not a count or a percentage") from None
+        raise ConfigError(
+            f"{where}: sampling_strategy '{strategy}': '{amount}' is not a count or a percentage") from None
     count = max(0, min(count, n))
     if kind == "first":
         return np.arange(count)
@@ -134,7 +136,8 @@ def _mixture_yaml(path: str, seed: int) -> RecordSet:
     spec = yaml.safe_load(Path(_existing(path, "data.path")).read_text())
     entries = spec.get("datasets") if isinstance(spec, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{path}: a LLaVA-NeXT mixture YAML needs a 'datasets' list of {{json_path, sampling_strategy}}")
+        raise ConfigError(
+            f"{path}: a LLaVA-NeXT mixture YAML needs a 'datasets' list of {{json_path, sampling_strategy}}")
     rng = np.random.default_rng(seed)
     files, file_of, entry = [], [], []
     for k, item in enumerate(entries):
@@ -166,7 +169,8 @@ class LlavaSamples:
         images = rec.get("image")
         paths = [] if images is None else [images] if isinstance(images, str) else list(images)
         if not all(isinstance(p, str) for p in paths):
-            raise DataError(f"Sample {sample_id!r} ({where}): 'image' must be a path or a list of paths, got {images!r}")
+            raise DataError(
+                f"Sample {sample_id!r} ({where}): 'image' must be a path or a list of paths, got {images!r}")
         messages = conversation_messages(rec.get("conversations"), sample_id, where)
         meta = dict(rec.get("meta") or {})
         meta.update({k: rec[k] for k in PASSTHROUGH if k in rec})

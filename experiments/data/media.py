@@ -69,7 +69,9 @@ class ImageOptions:
         return tuple(int(round(float(c) * 255)) for c in mean)  # type: ignore[return-value]
 
 
-def load_image(source: str | os.PathLike[str] | bytes, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+def load_image(
+    source: str | os.PathLike[str] | bytes, background: tuple[int, int, int] = (255, 255, 255)
+) -> Image.Image:
     """An RGB Pillow image from a path or encoded bytes, EXIF orientation applied."""
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):

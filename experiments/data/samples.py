@@ -41,11 +41,13 @@ def conversation_messages(conversations: Any, sample_id: Any, where: str) -> lis
         content = turn.get("value", turn.get("content")) if isinstance(turn, Mapping) else None
         if role not in ROLES or not isinstance(content, str):
             raise DataError(
-                f"Sample {sample_id!r} ({where}): a turn needs 'from' in {sorted(ROLES)} and a string 'value'; got {turn!r}"
+                f"Sample {sample_id!r} ({where}): a turn needs 'from' in {sorted(ROLES)} and a string 'value'; "
+                f"got {turn!r}"
             )
         out.append({"role": ROLES[role], "content": content})
     if out[-1]["role"] != "assistant":
-        raise DataError(f"Sample {sample_id!r} ({where}) ends on a {out[-1]['role']} turn; the last turn must be the answer")
+        raise DataError(
+            f"Sample {sample_id!r} ({where}) ends on a {out[-1]['role']} turn; the last turn must be the answer")
     return out
 
 
@@ -124,7 +126,8 @@ class LazySamples(Sequence):
             except BAD_SAMPLE_ERRORS as err:
                 if len(self.skipped) >= self.skip_bad_samples:
                     if self.skipped:
-                        err.args = (f"{err.args[0]} (after skipping {len(self.skipped)} bad samples: data.skip_bad_samples)",)
+                        note = f"after skipping {len(self.skipped)} bad samples: data.skip_bad_samples"
+                        err.args = (f"{err.args[0]} ({note})",)
                     raise
                 self.skipped.append(str(err))
                 log.warning("Skipping bad sample %d/%d: %s", len(self.skipped), self.skip_bad_samples, err)

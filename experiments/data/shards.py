@@ -125,13 +125,15 @@ class SampleDecoder:
         if isinstance(ref, str) and ref in raw:
             return image_tensor(raw[ref], self.cfg)
         if isinstance(ref, str) and ref.startswith(("http://", "https://")):
-            raise DataError(f"Sample {key!r}: image {ref} is a URL; fetch the images first (img2dataset) and shard them")
+            raise DataError(
+                f"Sample {key!r}: image {ref} is a URL; fetch the images first (img2dataset) and shard them")
         try:
             data = base64.b64decode(ref, validate=True) if isinstance(ref, str) else None
         except (binascii.Error, ValueError):
             data = None
         if not data:
-            raise DataError(f"Sample {key!r}: image {str(ref)[:60]!r} is neither a member of the sample nor base64 data")
+            raise DataError(
+                f"Sample {key!r}: image {str(ref)[:60]!r} is neither a member of the sample nor base64 data")
         return image_tensor(data, self.cfg)
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
@@ -390,6 +392,7 @@ class WebDatasetData(DataSource):
         value: Any = doc
         for part in str(self.config.task_field).split("."):
             if not isinstance(value, dict) or part not in value:
-                raise DataError(f"Sample {raw['__key__']!r} has no JSON field '{self.config.task_field}' (data.task_field)")
+                raise DataError(
+                    f"Sample {raw['__key__']!r} has no JSON field '{self.config.task_field}' (data.task_field)")
             value = value[part]
         return str(value)

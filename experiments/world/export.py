@@ -174,6 +174,7 @@ def main(argv: Sequence[str]) -> int:
     overrides = export_world(args.dir, args.format, args.tasks, args.train_size, args.eval_size, args.seed,
                              args.eval_seed, args.image_size)
     n = len(args.tasks)
-    print(f"wrote {n} task(s) x ({args.train_size} train + {args.eval_size} eval) samples as {args.format} to {args.dir}")
+    sizes = f"({args.train_size} train + {args.eval_size} eval)"
+    print(f"wrote {n} task(s) x {sizes} samples as {args.format} to {args.dir}")
     print("train on it with:\n  bridgelab train " + " ".join(overrides))
     return 0
