@@ -25,7 +25,7 @@ from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, Pr
 from bridges.common.features import encoder_features, layer_tokens
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.resampler import PerceiverResampler
-from bridges.common.checks import at_least
+from bridges.common.checks import at_least, positive
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures
 
@@ -71,8 +71,7 @@ class PerceiverBridgeConfig:
         """Range checks: a bad value fails here, naming the key, the value and the allowed range."""
         at_least(self, 1, "depth", "heads", "dim_head", "num_latents")
         at_least(self, 1, "max_num_frames", optional=True)
-        if not self.ff_mult > 0:
-            at_least(self, 0.5, "ff_mult")
+        positive(self, "ff_mult")
 
 
 @BRIDGES.register("perceiver", PerceiverBridgeConfig)

@@ -24,6 +24,17 @@ def at_least(config: Any, low: float, *keys: str, optional: bool = False) -> Non
             )
 
 
+def positive(config: Any, *keys: str) -> None:
+    """Raise :class:`ConfigError` when one of ``keys`` is not a finite number above 0 (widths, multipliers)."""
+    for key in keys:
+        value = getattr(config, key)
+        if not (value > 0 and value != float("inf")):
+            raise ConfigError(
+                f"'bridge.{key}' = {value!r} is out of range for {type(config).__name__}: allowed > 0 (finite). "
+                f"Fix: set bridge.{key} to a positive value, e.g. 4.0."
+            )
+
+
 def in_unit_interval(config: Any, *keys: str) -> None:
     """Raise :class:`ConfigError` when one of ``keys`` is outside ``[0, 1)`` (dropout probabilities)."""
     for key in keys:
