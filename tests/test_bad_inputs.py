@@ -301,3 +301,11 @@ def test_load_run_on_a_failed_run(tmp_path: Path) -> None:
     RunDir(tmp_path).update(status="failed", error="RuntimeError: out of memory", config=cfg)
     message_of(RuntimeError, lambda: load_run(tmp_path), "status 'failed': RuntimeError: out of memory",
                "untrained", "allow_unfinished=True")
+
+
+def test_an_encoder_key_that_cannot_reach_a_preset_encoder_set() -> None:
+    message_of(ConfigError, lambda: config("experiment=quick_ablation", "bridge=eagle", "+encoder.unfreeze_last_k=1"),
+               "'encoder.unfreeze_last_k' on the command line cannot apply to 'by_bridge.eagle.encoder'",
+               "vit, expert", "Fix: set it per encoder", "+by_bridge.eagle.encoder.vit.unfreeze_last_k=")
+    run = config("experiment=quick_ablation", "bridge=mlp", "+encoder.unfreeze_last_k=1")
+    assert run.encoder == {"world": "vit", "unfreeze_last_k": 1}  # other bridges' encoder sets are not this run's

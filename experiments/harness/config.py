@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from encoders.registry import ConfigError, merge_config
-from experiments.harness.checks import check_components, check_ranges, component_registry
+from experiments.harness.checks import check_components, check_ranges, component_registry, encoder_count
 
 CONFIG_MODULE = "experiments.configs"
 
@@ -331,12 +331,22 @@ def cli_wins(cfg: DictConfig, overrides: Sequence[str], groups: Sequence[str] = 
         node = OmegaConf.select(cfg, key)
         value = OmegaConf.to_container(node, resolve=False) if isinstance(node, (DictConfig, ListConfig)) else node
         head = key.split(".")[0]
+        bridge = OmegaConf.select(cfg, "bridge.name", default=None)
         with open_dict(table):
-            for fragment in table.values():
+            for name, fragment in table.items():
                 if not isinstance(fragment, DictConfig):
                     continue
                 sets_key = OmegaConf.select(fragment, key, default="<missing>") != "<missing>"
-                if sets_key or (head == "encoder" and "encoder" in fragment and key != head):
+                replaces = head == "encoder" and "encoder" in fragment and key != head
+                if replaces and not sets_key and encoder_count(to_container(fragment.encoder)) > 1:
+                    if name != bridge:
+                        continue  # another bridge's encoder set: not this run's, leave it
+                    raise ConfigError(
+                        f"'{key}' on the command line cannot apply to 'by_bridge.{name}.encoder', which replaces the "
+                        f"encoder with a set of {', '.join(map(str, fragment.encoder))}. Fix: set it per encoder, "
+                        f"e.g. '+by_bridge.{name}.encoder.{next(iter(fragment.encoder))}.{key.partition('.')[2]}=...'."
+                    )
+                if sets_key or replaces:
                     with open_dict(fragment):
                         OmegaConf.update(fragment, key, value, merge=False, force_add=True)
     return cfg
