@@ -142,6 +142,37 @@ def flop_method() -> str:
     return FLOP_METHOD
 
 
+def gemm_rate(settings: Settings, size: int = 1024, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The machine's GEMM rate: a ``size``-square matmul in ``dtype``, timed like the bridges (same warm-up and
+    repeats, ``min_block_s`` per measurement), in GFLOP/s."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=g).to(settings.device, dtype) for _ in range(2))
+    plain = Settings(settings.device, max(3, settings.repeats), max(2, settings.warmup), settings.min_block_s)
+    timing = time_call(forward(lambda: a @ b), plain)
+    return {"size": size, "dtype": str(dtype).removeprefix("torch."), "gflops_per_s":
+            2 * size**3 / (timing["median_ms"] * 1e6), "median_ms": timing["median_ms"]}
+
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+            "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_embedding_bag_forward_only",
+            "aten::_embedding_bag", "aten::convolution", "aten::mkldnn_convolution")
+
+
+def time_shares(fn: Call, settings: Settings, top: int = 3) -> dict[str, Any]:
+    """Where one call spends its time: the share of self time in GEMM-like ops and the ``top`` other ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if settings.device.type == "cuda" else [])
+    with _stderr_silenced(), profile(activities=activities) as prof:
+        with precision(settings):
+            fn()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS)
+    others = sorted((e for e in events if e.key not in GEMM_OPS), key=lambda e: -e.self_cpu_time_total)[:top]
+    return {"gemm_share": gemm / total, "top_other_ops": [(e.key, e.self_cpu_time_total / total) for e in others]}
+
+
 def memory_method(device: torch.device) -> str:
     if device.type == "cuda":
         return "CUDA max_memory_allocated rise during the call"

@@ -35,11 +35,13 @@ from benchmarks.measure import (
     flop_method,
     forward,
     forward_backward,
+    gemm_rate,
     memory_method,
     param_count,
     parity,
     peak_memory_bytes,
     time_calls,
+    time_shares,
 )
 
 #: (repeats, warmup) per size.
@@ -127,6 +129,7 @@ def run_case(case: Case, settings: Settings) -> dict[str, Any]:
     if case.baseline is not None:
         record["baseline"] = {"label": case.baseline[0], **measured_sides["baseline"]}
     record["fwd_gflops_per_s"] = record["timed_flops"] / (ours["fwd"]["median_ms"] * 1e6)
+    record["fwd_time_shares"] = time_shares(forward(case.run_ours), settings)
     return record
 
 
@@ -199,6 +202,8 @@ def run_benchmarks(
         "parity_rtol": RTOL,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    # the machine's limit, measured in the same run (before and after the bridges: the load drifts)
+    gemm = [gemm_rate(settings)]
     records = []
     for name in names:
         start = dt.datetime.now()
@@ -208,6 +213,21 @@ def run_benchmarks(
         if verbose:
             print(f"  {name}: {record['wall_s']:.1f} s", file=sys.stderr, flush=True)
     meta["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    gemm.append(gemm_rate(settings))
+    if settings.device.type == "cuda":
+        meta["gemm_bf16"] = gemm_rate(settings, dtype=torch.bfloat16)
+    rate = max(g["gflops_per_s"] for g in gemm)
+    meta["gemm_fp32"] = {"before": gemm[0], "after": gemm[1], "gflops_per_s": rate}
+    if settings.autocast and "gemm_bf16" in meta:  # the timed calls ran in bf16: compare with the bf16 rate
+        rate = meta["gemm_bf16"]["gflops_per_s"]
+    meta["gemm_reference_gflops_per_s"] = rate
+    for record in records:
+        record["fraction_of_gemm"] = record["fwd_gflops_per_s"] / rate
+        if record["fraction_of_gemm"] < 0.5:
+            shares = record["fwd_time_shares"]
+            name, share = shares["top_other_ops"][0] if shares["top_other_ops"] else ("-", 0.0)
+            record["bottleneck"] = (f"{100 * (1 - shares['gemm_share']):.0f}% of the time outside GEMMs; "
+                                    f"largest: {name} {100 * share:.0f}%")
     return {"meta": meta, "records": records}
 
 
@@ -249,9 +269,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         (
             "| bridge | N | params | fwd ours | fwd ref | ratio | fwd+bwd ours | fwd+bwd ref | ratio | GFLOP/media "
-            "declared / counted | fwd GFLOP/s | peak MiB ours / ref | parity (max abs diff) |"
+            "declared / counted | fwd GFLOP/s | of GEMM rate | peak MiB ours / ref | parity (max abs diff) |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in records:
         ours, ref = r.get("ours"), r.get("ref")
@@ -261,9 +281,19 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {_ratio(r, 'speed_ratio_fwd')} | {_ms(ours, 'fwdbwd')} | {_ms(ref, 'fwdbwd')} "
             f"| {_ratio(r, 'speed_ratio_fwdbwd')} | {r['declared_flops_per_media'] / 1e9:.3g} / "
             f"{r['measured_flops_per_media'] / 1e9:.3g} ({100 * r['flops_rel_err']:+.1f}%) "
-            f"| {r['fwd_gflops_per_s']:.3g} | {_mb(ours.get('peak_mem_fwdbwd_bytes'))} / "
+            f"| {r['fwd_gflops_per_s']:.3g} | {r['fraction_of_gemm']:.2f} | {_mb(ours.get('peak_mem_fwdbwd_bytes'))} / "
             f"{_mb(ref.get('peak_mem_fwdbwd_bytes')) if ref else '-'} | {parity_cell} |"
         )
+    gemm = meta["gemm_fp32"]
+    before, after = gemm["before"]["gflops_per_s"], gemm["after"]["gflops_per_s"]
+    lines += ["", (f"Machine GEMM rate (fp32 {gemm['before']['size']}² matmul, same run): {before:.3g} GFLOP/s before "
+                   f"the bridges, {after:.3g} after; fractions use {meta['gemm_reference_gflops_per_s']:.3g}.")]
+    if "gemm_bf16" in meta:
+        lines.append(f"bf16 GEMM rate: {meta['gemm_bf16']['gflops_per_s']:.3g} GFLOP/s.")
+    slow = [r for r in records if "bottleneck" in r]
+    if slow:
+        lines += ["", "Below half the GEMM rate (fwd):", ""]
+        lines += [f"- **{r['bridge']}** ({r['fraction_of_gemm']:.2f}): {r['bottleneck']}" for r in slow]
     lines += ["", "Timed computations and references:", ""]
     for r in records:
         reference = r["reference"] or f"none: {r['no_reference']}"

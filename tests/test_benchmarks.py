@@ -32,6 +32,13 @@ def test_every_bridge_is_measured(result: dict) -> None:
     assert meta["device"] == "cpu" and meta["threads"] == torch.get_num_threads() and meta["torch"] == torch.__version__
 
 
+def test_gemm_rate_measured_in_the_same_run(result: dict) -> None:
+    gemm = result["meta"]["gemm_fp32"]
+    assert gemm["before"]["gflops_per_s"] > 0 and gemm["after"]["gflops_per_s"] > 0
+    assert gemm["gflops_per_s"] == max(gemm["before"]["gflops_per_s"], gemm["after"]["gflops_per_s"])
+    assert "Machine GEMM rate" in to_markdown(result)
+
+
 def test_records_are_complete(result: dict) -> None:
     for r in result["records"]:
         name = r["bridge"]
@@ -39,6 +46,10 @@ def test_records_are_complete(result: dict) -> None:
         assert _positive_time(r["ours"], "fwd") and _positive_time(r["ours"], "fwdbwd"), name
         assert r["ours"]["peak_mem_fwdbwd_bytes"] > 0, name
         assert r["timed_flops"] > 0 and r["fwd_gflops_per_s"] > 0, name
+        rate = result["meta"]["gemm_fp32"]["gflops_per_s"]
+        assert r["fraction_of_gemm"] == pytest.approx(r["fwd_gflops_per_s"] / rate), name
+        assert 0 < r["fwd_time_shares"]["gemm_share"] <= 1, name
+        assert ("bottleneck" in r) == (r["fraction_of_gemm"] < 0.5), name
         if name in WITHOUT_REFERENCE:
             assert r["reference"] is None and r["no_reference"] and "ref" not in r and "parity" not in r, name
             continue
