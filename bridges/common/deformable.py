@@ -4,20 +4,16 @@ Each query looks at ``n_points`` learned sampling locations per head and per fea
 point, and takes a softmax-weighted sum of the bilinearly sampled values. Used by MMFuser (``bridges/mmfuser.py``).
 
 * :func:`ms_deform_attn_core` is numerically Deformable-DETR's ``ms_deform_attn_core_pytorch`` (and transformers'
-  ``MultiScaleDeformableAttention``), with no compiled CUDA op and no ``grid_sample``: the 4 bilinear corners of
-  every sample are rows of the ``(N*S*M, Dh)`` value table (the projected values as they are, no copy), and one
-  ``embedding_bag`` takes their weighted sum (bilinear x attention weights) for every query and head at once, all
-  levels included (its backward gives the gradients of the values and of the weights, hence of the locations).
-  Against the ``grid_sample`` formulation this removes the copies of the value maps and of the samples, and
-  ``grid_sample``'s slow CPU backward.
+  ``MultiScaleDeformableAttention``), with no compiled CUDA op: one ``F.grid_sample`` call for all levels, heads,
+  points and samples when the levels share one shape (MMFuser: every level is the same ViT grid), otherwise one
+  call per level.
 * :class:`MSDeformAttn` is the reference module, with the reference parameter names (``sampling_offsets``,
   ``attention_weights``, ``value_proj``, ``output_proj``) and initialisation, so Deformable-DETR, MMFuser and
   transformers' ``DeformableDetrMultiscaleDeformableAttention`` state dicts load 1:1
   (:meth:`MSDeformAttn.from_reference`).
 
-FLOPs: ``torch.utils.flop_counter`` has no formula for ``grid_sampler_2d`` or ``_embedding_bag``;
-:func:`grid_sample_flop_mapping` gives both (bilinear = 4 multiply-adds = 8 FLOPs per sampled value) to pass as
-``FlopCounterMode(custom_mapping=...)``.
+FLOPs: ``torch.utils.flop_counter`` has no formula for ``grid_sampler_2d``; :func:`grid_sample_flop_mapping` gives
+one (bilinear = 4 multiply-adds = 8 FLOPs per sampled value) to pass as ``FlopCounterMode(custom_mapping=...)``.
 """
 
 from __future__ import annotations
@@ -36,9 +32,6 @@ SpatialShapes = Sequence[tuple[int, int]]
 #: FLOPs per output element of ``grid_sample`` by interpolation mode (0 bilinear, 1 nearest, 2 bicubic): the
 #: multiply-adds that combine the 4 (bilinear) or 16 (bicubic) neighbours; index arithmetic is not counted.
 GRID_SAMPLE_FLOPS = {0: 8, 1: 0, 2: 32}
-#: FLOPs per sampled channel value in :func:`ms_deform_attn_core`: 4 bilinear corners, one multiply-add each into the
-#: attention-weighted sum (bilinear and attention weights are multiplied first, elementwise).
-BILINEAR_SAMPLE_FLOPS = 8
 
 
 def _as_shapes(spatial_shapes: SpatialShapes | torch.Tensor) -> list[tuple[int, int]]:
@@ -67,52 +60,37 @@ def ms_deform_attn_core(
         ``(N, Lq, M * Dh)``.
     """
     shapes = _as_shapes(spatial_shapes)
-    n, s, m, dh = value.shape
-    q, levels = sampling_locations.shape[1], sampling_locations.shape[3]
+    n, s, m, _ = value.shape
+    levels = sampling_locations.shape[3]
     if len(shapes) != levels or sum(h * w for h, w in shapes) != s:
         raise ValueError(
             f"spatial_shapes {shapes} do not match value length {s} and {levels} sampled levels; give one (H, W) "
             "per level with sum(H * W) equal to the flattened value length."
         )
-    rows, weights = _bilinear_rows(shapes, sampling_locations, attention_weights, s, m)
-    # value (N, S, M, Dh) is already a table of rows (n, s, m): no copy of the maps, one fused gather + sum
-    corners = levels * sampling_locations.shape[4] * 4
-    out = F.embedding_bag(
-        rows.reshape(n * q * m, corners),
-        value.reshape(n * s * m, dh),
-        mode="sum",
-        per_sample_weights=weights.reshape(n * q * m, corners).to(value.dtype),
-    )
-    return out.view(n, q, m * dh)
-
-
-def _bilinear_rows(
-    shapes: list[tuple[int, int]], locations: torch.Tensor, attention: torch.Tensor, s: int, m: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of the ``(N*S*M, Dh)`` value table read by every sample's 4 bilinear corners, and their weights
-    (bilinear x attention, 0 for corners outside the map), both ``(N, Lq, M, L, P, 4)``.
-
-    ``align_corners=False``: the pixel coordinate of ``x`` is ``x * W - 0.5``, as ``grid_sample`` computes it.
-    """
-    device, dtype = locations.device, locations.dtype
-    size = torch.tensor([(w, h) for h, w in shapes], device=device, dtype=dtype)  # (L, 2)
-    start = torch.tensor([0] + [h * w for h, w in shapes][:-1], device=device).cumsum(0)
-    pixel = locations * size[:, None, :] - 0.5  # (N, Lq, M, L, P, 2)
-    corner0 = pixel.floor()
-    frac = pixel - corner0
-    x0, y0 = corner0.long().unbind(-1)
-    fx, fy = frac.unbind(-1)
-    xs = torch.stack((x0, x0 + 1, x0, x0 + 1), -1)
-    ys = torch.stack((y0, y0, y0 + 1, y0 + 1), -1)
-    bilinear = torch.stack(((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy), -1)
-    width, height = (t.long()[:, None, None] for t in size.unbind(-1))  # (L, 1, 1) against (..., L, P, 4)
-    inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
-    pos = torch.where(inside, start[:, None, None] + ys * width + xs, 0)
-    n = locations.shape[0]
-    batch = torch.arange(n, device=device).view(n, 1, 1, 1, 1, 1)
-    head = torch.arange(m, device=device).view(1, 1, m, 1, 1, 1)
-    rows = (batch * s + pos) * m + head
-    return rows, bilinear * inside * attention[..., None]
+    grids = 2 * sampling_locations - 1
+    if len(set(shapes)) == 1:  # one grid_sample over (level, sample, head) stacked on the batch axis
+        h, w = shapes[0]
+        maps = rearrange(value, "n (l h w) m d -> (l n m) d h w", l=levels, h=h, w=w)
+        sampled = F.grid_sample(
+            maps,
+            rearrange(grids, "n q m l p c -> (l n m) q p c"),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )
+        sampled = rearrange(sampled, "(l b) d q p -> b q (l p) d", l=levels)
+    else:  # levels of different sizes: one call per level (a handful), still vectorised over samples and heads
+        per_level = value.split([h * w for h, w in shapes], dim=1)
+        outs = []
+        for lvl, (h, w) in enumerate(shapes):
+            maps = rearrange(per_level[lvl], "n (h w) m d -> (n m) d h w", h=h, w=w)
+            grid = rearrange(grids[:, :, :, lvl], "n q m p c -> (n m) q p c")
+            outs.append(F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+        sampled = rearrange(torch.stack(outs, dim=-2), "b d q l p -> b q (l p) d")
+    # the weighted sum over (level, point) as a batched (1, L*P) @ (L*P, Dh) product: faster than mul + sum
+    weights = rearrange(attention_weights, "n q m l p -> (n m) q 1 (l p)")
+    out = torch.matmul(weights, sampled)
+    return rearrange(out, "(n m) q 1 d -> n q (m d)", n=n, m=m)
 
 
 def ms_deform_attn_flops(
@@ -120,9 +98,9 @@ def ms_deform_attn_flops(
 ) -> int:
     """Forward FLOPs of :class:`MSDeformAttn` for one sample.
 
-    Counts the four Linear layers and the sampling: each sampled channel value is 4 bilinear corners, each one
-    multiply-add into the attention-weighted sum (:data:`BILINEAR_SAMPLE_FLOPS`); the softmax, the corner weights
-    and the location arithmetic (elementwise) are not counted, as in ``torch.utils.flop_counter``.
+    Counts the four Linear layers, the bilinear sampling (:data:`GRID_SAMPLE_FLOPS`) and the weighted sum over
+    ``(L, P)``; the softmax and the location arithmetic (elementwise) are not counted, as in
+    ``torch.utils.flop_counter``.
     """
     samples = num_queries * d_model * n_levels * n_points  # sampled channel values
     linears = (
@@ -134,7 +112,7 @@ def ms_deform_attn_flops(
             + num_queries * d_model  # output_proj
         )
     )
-    return linears + samples * BILINEAR_SAMPLE_FLOPS
+    return linears + samples * (GRID_SAMPLE_FLOPS[0] + 2)
 
 
 def _grid_sampler_2d_flop(
@@ -150,20 +128,9 @@ def _grid_sampler_2d_flop(
     return GRID_SAMPLE_FLOPS[int(interpolation_mode)] * n * c * h_out * w_out
 
 
-def _embedding_bag_flop(weight_shape: Sequence[int], indices_shape: Sequence[int], *args: Any, **kwargs: Any) -> int:
-    """A weighted bag sum: one multiply-add per gathered value (``indices`` ``(B, K)`` rows of width ``D``)."""
-    return 2 * math.prod(indices_shape) * weight_shape[-1]
-
-
 def grid_sample_flop_mapping() -> dict[Any, Any]:
-    """``custom_mapping`` for ``torch.utils.flop_counter.FlopCounterMode`` that counts the sampling the counter has
-    no formula for: ``grid_sample`` forward and the weighted ``embedding_bag`` of :func:`ms_deform_attn_core`."""
-    aten = torch.ops.aten
-    return {
-        aten.grid_sampler_2d: _grid_sampler_2d_flop,
-        aten._embedding_bag: _embedding_bag_flop,
-        aten._embedding_bag_forward_only: _embedding_bag_flop,  # what embedding_bag dispatches to without autograd
-    }
+    """``custom_mapping`` for ``torch.utils.flop_counter.FlopCounterMode`` that counts ``grid_sample`` forward."""
+    return {torch.ops.aten.grid_sampler_2d: _grid_sampler_2d_flop}
 
 
 def reference_points_grid(
