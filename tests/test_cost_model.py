@@ -67,5 +67,6 @@ def test_paper_table_command(capsys: pytest.CaptureFixture[str], tmp_path) -> No
     limits = table["max_images"]
     mlp, hyper = limits["llava_interleave (mlp)"], limits["mplug_owl3 (hyper_attention)"]
     assert hyper["fused"] > mlp["fused"] > mlp["eager"] > 0 and hyper["eager"] > mlp["eager"]
+    assert cost.main(["--paper"]) == 0  # as benchmarks/README.md prints it
     with pytest.raises(SystemExit):
         cost.main([])
