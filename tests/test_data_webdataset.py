@@ -159,3 +159,15 @@ def test_indexed_access_is_map_style_with_tasks_and_an_eval_pool(tmp_path: Path)
     assert {t: len(p) for t, p in data.eval.items()} == {"even": 2, "odd": 1}  # eval_size caps the pool
     with pytest.raises(ValueError, match="task_field needs access: index"):
         build(urls=str(tmp_path / "tr"), task_field="meta.task")
+
+
+def test_a_stream_beside_a_map_style_task_resumes_exactly(tmp_path: Path) -> None:
+    write_shards(tmp_path / "s", pairs(10), per_shard=5)
+    stream = build(urls=str(tmp_path / "s")).train["webdataset"]
+    pool = [{"text": "<image> q", "answer": str(i), "images": [], "meta": {"id": f"m{i}"}} for i in range(7)]
+    tasks = {"shards": stream, "pool": pool}
+    whole = micro_batches(TrainStream(tasks, batch_size=3, collate=list, seed=1), 12)
+    assert {b[0][0] for b in whole} == {"p", "m"}  # both tasks drawn
+    for start in (1, 5, 9):
+        resumed = micro_batches(TrainStream(tasks, batch_size=3, collate=list, seed=1, start=start), 12 - start)
+        assert resumed == whole[start:], start
