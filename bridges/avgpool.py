@@ -33,8 +33,8 @@ class AvgPoolBridgeConfig:
     Attributes:
         num_tokens: visual tokens per image, a square ``s * s`` with ``s`` at most the encoder grid's shorter side
             (144 = 12 x 12, the count of LLaVA-1.5's 24 x 24 grid pooled 2 x 2). The token-count sweep key.
-        projector: ``linear`` (MM1 describes a linear projection after the pooling [recall]) or ``mlp{k}x_gelu`` (default
-            ``mlp2x_gelu``: the ``mlp`` bridge's projector, so the two differ only in the pooling).
+        projector: ``linear`` (MM1 describes a linear projection after the pooling [recall]) or ``mlp{k}x_gelu``
+            (default ``mlp2x_gelu``: the ``mlp`` bridge's projector, so the two differ only in the pooling).
         layer: encoder layer to pool (-2 = penultimate block, as the ``mlp`` bridge).
         bias: whether the projector's Linear layers have a bias.
     """

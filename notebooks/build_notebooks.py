@@ -159,7 +159,8 @@ QUICKSTART = [
             {"text": "<image> and <image> : same colour ?", "images": [blue_disc, green_disc], "answer": "no"},
         ]
         fig, axes = plt.subplots(1, 3, figsize=(6, 2))
-        for ax, img, title in zip(axes, [red_square, blue_disc, green_disc], ["sample 0", "sample 1, 1st", "sample 1, 2nd"]):
+        titles = ["sample 0", "sample 1, 1st", "sample 1, 2nd"]
+        for ax, img, title in zip(axes, [red_square, blue_disc, green_disc], titles):
             ax.imshow(img.permute(1, 2, 0))
             ax.set_title(title, fontsize=9)
             ax.axis("off")
@@ -203,9 +204,11 @@ QUICKSTART = [
             for name, f in feats.items():
                 for layer, h in zip(f.layers, f.hidden):
                     print(f"encoder '{name}' layer {layer}: {tuple(h.shape)}  (grid {f.grid}, +{f.num_prefix} CLS)")
-            what = "visual tokens (N_media, T, D_lm)" if model.bridge.kind == "prefix" else "visual memory (N_media, T, D)"
+            prefix = model.bridge.kind == "prefix"
+            what = "visual tokens (N_media, T, D_lm)" if prefix else "visual memory (N_media, T, D)"
             print(f"{what}: {tuple(visual.shape)}")
-            print(f"text tokens {tuple(batch.input_ids.shape)} -> logits {tuple(out.logits.shape)}, loss {out.loss.item():.3f}")
+            print(f"text tokens {tuple(batch.input_ids.shape)} -> logits {tuple(out.logits.shape)}, "
+                  f"loss {out.loss.item():.3f}")
             return {"visual": tuple(visual.shape), "logits": tuple(out.logits.shape)}
 
 
@@ -292,7 +295,8 @@ QUICKSTART = [
         )
 
         n_show = min(8, maps.shape[1])
-        fig, axes = plt.subplots(maps.shape[0], n_show + 1, figsize=(1.4 * (n_show + 1), 1.5 * maps.shape[0]), squeeze=False)
+        size = (1.4 * (n_show + 1), 1.5 * maps.shape[0])
+        fig, axes = plt.subplots(maps.shape[0], n_show + 1, figsize=size, squeeze=False)
         images = [red_square, blue_disc, green_disc]
         for i in range(maps.shape[0]):
             axes[i, 0].imshow(images[i].permute(1, 2, 0))
@@ -504,6 +508,9 @@ ANALYSE_SWEEP = [
     ),
     code(
         r'''
+        import logging
+        import time
+
         from omegaconf import OmegaConf
 
         from bridges.presets import get_preset
@@ -517,7 +524,8 @@ ANALYSE_SWEEP = [
 
 
         def run_config(bridge: str, seed: int) -> dict:
-            """The run's config, composed by Hydra from experiments/configs/ as ``bridgelab train`` would, then edited."""
+            """The run's config, composed by Hydra from experiments/configs/ as ``bridgelab train`` would, then
+            edited."""
             overrides = [
                 f"bridge={bridge}",
                 f"seed={seed}",
@@ -537,7 +545,8 @@ ANALYSE_SWEEP = [
             cfg["bridge"].update(bridge_spec(bridge))
             multi_expert = len(get_preset(bridge, "tiny").io.encoders) > 1
             if DATA == "world":  # the world's pretrained backbones, frozen by the config's align stage
-                cfg["encoder"] = {"vit": {"world": "vit"}, "expert": {"world": "expert"}} if multi_expert else {"world": "vit"}
+                two = {"vit": {"world": "vit"}, "expert": {"world": "expert"}}
+                cfg["encoder"] = two if multi_expert else {"world": "vit"}
                 cfg["llm"] = {"world": "lm"}
                 if WORLD_CACHE is not None:
                     cfg["world"]["cache_dir"] = str(WORLD_CACHE)
@@ -550,9 +559,6 @@ ANALYSE_SWEEP = [
             return cfg
 
 
-        import logging
-        import time
-
         logging.getLogger("lightning").setLevel(logging.ERROR)
         if SWEEP_DIR is None:
             start = time.perf_counter()
@@ -560,7 +566,8 @@ ANALYSE_SWEEP = [
                 for seed in SEEDS:
                     result = experiments.run(run_config(bridge, seed), run_dir=Path(RUN_DIR) / f"{bridge}-seed{seed}")
                     print(
-                        f"{bridge:>10} seed {seed}: {result.status}{' (skipped, finished earlier)' if result.skipped else ''}"
+                        f"{bridge:>10} seed {seed}: {result.status}"
+                        f"{' (skipped, finished earlier)' if result.skipped else ''}"
                         f"  mean exact match {result.metrics.get('eval/mean_exact_match', float('nan')):.3f}"
                     )
             print(f"sweep took {time.perf_counter() - start:.0f} s")
@@ -579,7 +586,8 @@ ANALYSE_SWEEP = [
         r"""
         df = load_runs(SWEEP_DIR)
         print(
-            f"{df['run'].nunique()} runs, {len(df)} rows, status: {df.drop_duplicates('run')['status'].value_counts().to_dict()}"
+            f"{df['run'].nunique()} runs, {len(df)} rows, "
+            f"status: {df.drop_duplicates('run')['status'].value_counts().to_dict()}"
         )
         df[
             [
@@ -648,7 +656,8 @@ ANALYSE_SWEEP = [
         # what the run itself predicted during evaluation (eval/<task>/predictions.jsonl)
         for task in sorted(finished["task"].dropna().unique()):
             for record in RunDir(run_dir).read_predictions(task)[:3]:
-                print(f"{task:>12}: {record['prompt']!r:38} answer {record['answer']!r:8} predicted {record['prediction']!r}")
+                print(f"{task:>12}: {record['prompt']!r:38} answer {record['answer']!r:8} "
+                      f"predicted {record['prediction']!r}")
 
         if SWEEP_DIR == RUN_DIR and DATA == "colours":  # ask the rebuilt model about pictures it has never seen
             fresh = colour_samples(6, 16, seed=12345, pairs=False)

@@ -1,4 +1,5 @@
-"""One LightningModule for every bridge: a training step per bridge and per stage changes exactly the declared groups."""
+"""One LightningModule for every bridge: a training step per bridge and per stage changes exactly the declared
+groups."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tiny stand-ins shared by the llm_adapters tests: a conv-patch encoder (in a real EncoderSet), a linear prefix bridge, a gated inject bridge.
+"""Tiny stand-ins shared by the llm_adapters tests: a conv-patch encoder (in a real EncoderSet), a linear prefix
+bridge, a gated inject bridge.
 
 The bridges are registered under test-only names (``_test_linear``, ``_test_gated``). The tests at the bottom check
 the fakes themselves, so a failure elsewhere is not a fake's fault.

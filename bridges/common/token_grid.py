@@ -39,8 +39,8 @@ def pooled_side(bridge: str, num_tokens: int, grid: tuple[int, int]) -> int:
     side = math.isqrt(num_tokens) if isinstance(num_tokens, int) and num_tokens > 0 else 0
     if side < 1 or side * side != num_tokens or side > min(h, w):
         raise ValueError(
-            f"{bridge}: num_tokens={num_tokens!r} cannot be pooled from the {h} x {w} encoder grid: it must be a square "
-            f"s * s with s <= {min(h, w)}. Valid counts for this grid: {valid}."
+            f"{bridge}: num_tokens={num_tokens!r} cannot be pooled from the {h} x {w} encoder grid: it must be a "
+            f"square s * s with s <= {min(h, w)}. Valid counts for this grid: {valid}."
         )
     return side
 
