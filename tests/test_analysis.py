@@ -106,3 +106,10 @@ def test_summarize_refuses_to_pool_different_configs(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="pooling runs that differ at bridge.num_latents"):
         assert summarize(df, by=("bridge", "task"), pool=True)["seeds"].tolist() == [4]
     assert summarize(df, by=("bridge", "task", "cfg.bridge.num_latents"))["seeds"].tolist() == [2, 2]
+
+
+def test_tables_ignore_every_key_the_config_hash_ignores() -> None:
+    from experiments.analysis.tables import IGNORED_CONFIG_PREFIXES
+    from experiments.harness.config import NON_SEMANTIC_KEYS
+
+    assert set(NON_SEMANTIC_KEYS) <= set(IGNORED_CONFIG_PREFIXES)

@@ -19,10 +19,12 @@ REFERENCE_COLUMNS = ("chance", "random_image", "text_ceiling")
 
 
 # Config keys that never separate rows: the seed (what a row averages over), labels and bookkeeping that do not
-# change results (the harness's NON_SEMANTIC_KEYS), and by_bridge (its effect is already in the merged sections).
+# change results (the harness's NON_SEMANTIC_KEYS, repeated here so that analysis never imports the harness; a test
+# keeps the two in step), and by_bridge (its effect is already in the merged sections).
 IGNORED_CONFIG_PREFIXES = (
-    "seed", "name", "run_dir", "resume", "tags", "by_bridge", "trainer.loggers", "trainer.progress_bar",
-    "train.num_workers", "train.checkpoint_every_n_steps", "train.log_every_n_steps", "plugins",
+    "seed", "name", "run_dir", "resume", "resume_from_corrupt", "tags", "by_bridge", "trainer.loggers",
+    "trainer.progress_bar", "train.num_workers", "train.checkpoint_every_n_steps", "train.log_every_n_steps",
+    "plugins",
 )
 
 
