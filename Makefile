@@ -6,6 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK := requirements-lock.txt
+EVAL_STAMP := $(VENV)/.installed-eval
+# lmms-eval's own pins (av<16, antlr4 4.7.2) cannot co-resolve with hydra, so it goes in without its dependencies;
+# the [eval] extra holds what it imports (README, "Evaluation").
+LMMS_EVAL := lmms-eval==0.7.3
 # The oldest transformers the project supports (the lower bound in pyproject.toml and llm_adapters/versions.py).
 OLDEST_TRANSFORMERS := 5.23.0
 OLDEST_VENV := .venv-oldest
@@ -23,15 +27,21 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m pip install -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
+# The [eval] extra and lmms-eval: `make test` runs their tests too (`make demo` does not need them).
+$(EVAL_STAMP): $(STAMP)
+	$(PY) -m pip install -c $(LOCK) -e '.[dev,eval]'
+	$(PY) -m pip install -c $(LOCK) --no-deps '$(LMMS_EVAL)'
+	touch $@
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/bridgelab demo
 
-# The whole suite on the locked versions, then the transformers-facing tests on the oldest supported transformers.
-test: test-suite test-oldest
+# ruff, the whole suite on the locked versions, then the transformers-facing tests on the oldest supported transformers.
+test: lint test-suite test-oldest
 
-test-suite: $(STAMP)
+test-suite: $(STAMP) $(EVAL_STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 $(OLDEST_VENV)/.installed: $(STAMP)
@@ -47,13 +57,20 @@ test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install --upgrade pip >/dev/null
-	$(LATEST_VENV)/bin/python -m pip install -e '.[dev]'
+	$(LATEST_VENV)/bin/python -m pip install -e '.[dev,eval]'
+	$(LATEST_VENV)/bin/python -m pip install --no-deps --upgrade lmms-eval
 	$(LATEST_VENV)/bin/python -m pip install --upgrade transformers
 	$(LATEST_VENV)/bin/python -m pytest -n 2 --dist loadfile -q
 
-# Rewrite the lock from the current .venv (after `make test` passed on it).
-lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | grep -v '^bridgelab' > $(LOCK)
+# Rewrite the lock from a fresh venv with the newest releases inside pyproject's ranges; then run `make test`.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --upgrade pip >/dev/null
+	.venv-lock/bin/python -m pip install -e '.[dev,eval]'
+	.venv-lock/bin/python -m pip install --no-deps '$(LMMS_EVAL)'
+	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^bridgelab' > $(LOCK)
+	rm -rf .venv-lock
 
 params: $(STAMP)
 	$(VENV)/bin/bridgelab params
