@@ -338,6 +338,18 @@ def test_second_build_loads_from_the_cache_and_hash_follows_config(tiny_world: W
     assert third.built == {"vit": False, "expert": False, "lm": True} and third.dirs["lm"] != tiny_world.dirs["lm"]
 
 
+def test_lazy_components_are_built_on_first_use(tiny_world: WorldBackbones, tmp_path) -> None:
+    root = os.path.dirname(tiny_world.dirs["vit"])
+    cached = build_world_backbones(tiny_config(lazy=["expert"]), cache_dir=root)  # in the cache: loaded at once
+    assert cached.expert_spec == tiny_world.expert_spec and not cached.built["expert"]
+    fresh = build_world_backbones(tiny_config(components=["vit", "expert"], lazy=["expert"]), cache_dir=tmp_path)
+    assert fresh.expert_spec is None and "expert" not in fresh.built and fresh.built == {"vit": True}
+    encoders, _ = fresh.resolve_specs({"vit": {"world": "vit"}, "expert": {"world": "expert"}}, None)
+    assert fresh.built["expert"] and encoders["expert"] == fresh.expert_spec and "expert" in fresh.quality
+    with pytest.raises(ValueError, match="world.lazy: unknown \\['clip'\\]"):
+        build_world_backbones(tiny_config(lazy=["clip"]), cache_dir=tmp_path)
+
+
 def test_cache_writes_are_atomic(tmp_path) -> None:
     def crash(tmp, final) -> None:
         (tmp / "vit.safetensors").write_text("half written")

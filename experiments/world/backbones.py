@@ -79,6 +79,8 @@ class WorldBackbonesConfig:
         components: which backbones to build.
         cache_dir: cache root (``None``: ``$BRIDGELAB_CACHE/world`` or ``~/.cache/bridgelab/world``).
         progress: tqdm progress bars while training.
+        lazy: components of ``components`` built on first use instead of at once, when not cached yet (the
+            expert is only needed by Eagle: a sweep's other members need not wait for its pretraining).
     """
 
     world: WorldConfig = field(default_factory=WorldConfig)
@@ -88,6 +90,7 @@ class WorldBackbonesConfig:
     components: list[str] = field(default_factory=lambda: list(COMPONENTS))
     cache_dir: str | None = None
     progress: bool = True
+    lazy: list[str] = field(default_factory=list)
 
 
 def tiny_config(**overrides: Any) -> WorldBackbonesConfig:
@@ -211,6 +214,12 @@ class WorldBackbones:
     dirs: dict[str, str]
     built: dict[str, bool]
     _lm: Any = field(default=None, repr=False)
+    _pending: dict[str, Callable[[], None]] = field(default_factory=dict, repr=False)
+
+    def ensure(self, component: str) -> None:
+        """Build (or load) a component deferred by ``lazy`` now; nothing if it is already there."""
+        if component in self._pending:
+            self._pending.pop(component)()
 
     def llm_spec(self, **overrides: Any) -> dict[str, Any]:
         """The LLM adapter spec of the world LM (generic ``hf`` entry, no chat markup)."""
@@ -220,6 +229,8 @@ class WorldBackbones:
 
     def encoder_spec(self, which: str = "vit", **overrides: Any) -> dict[str, Any]:
         """The encoder spec of ``which`` (``"vit"`` or ``"expert"``) with ``overrides`` applied."""
+        if which in ("vit", "expert"):
+            self.ensure(which)
         spec = {"vit": self.vit_spec, "expert": self.expert_spec}.get(which, "unknown")
         if spec == "unknown":
             raise ConfigError(f"Unknown world encoder '{which}'; choose 'vit' or 'expert'")
@@ -340,35 +351,37 @@ def build_world_backbones(
     unknown = set(cfg.components) - set(COMPONENTS)
     if unknown:
         raise ValueError(f"world.components: unknown {sorted(unknown)}; choose from {list(COMPONENTS)}")
+    unknown = set(cfg.lazy) - set(COMPONENTS)
+    if unknown:
+        raise ValueError(f"world.lazy: unknown {sorted(unknown)}; choose from {list(COMPONENTS)}")
     root = cache_root(cache_dir if cache_dir is not None else cfg.cache_dir)
     keep: dict[str, Any] = {}
     builders = {"vit": _build_vit(cfg), "expert": _build_expert(cfg), "lm": _build_lm(cfg, keep)}
-    dirs, built, quality = {}, {}, {}
-    with torch.random.fork_rng():  # pretraining seeds torch itself; leave the caller's RNG untouched
-        for component in COMPONENTS:
-            if component not in cfg.components:
-                continue
+    world = WorldBackbones(None, None, None, build_tokenizer(), {}, cfg, {}, {})
+
+    def load(component: str) -> None:
+        with torch.random.fork_rng():  # pretraining seeds torch itself; leave the caller's RNG untouched
             path, now = cached_build(root, f"{component}-{config_hash(component, cfg)}", builders[component])
-            dirs[component], built[component] = str(path), now
-            quality[component] = json.loads((path / QUALITY_FILE).read_text())
-            log.info("world %s: %s (%s)", component, path, "trained" if now else "from cache")
-    lm_quality = quality.get("lm", {})
-    if lm_quality and not lm_quality.get("gate_passed", True) and cfg.lm.max_extra_rounds > 0:
-        log.warning("world LM below the text-QA gate %s: %s", cfg.lm.gate_threshold, lm_quality.get("gate_failures"))
-    vit = json.loads((Path(dirs["vit"]) / "encoder.json").read_text()) if "vit" in dirs else None
-    expert = json.loads((Path(dirs["expert"]) / "encoder.json").read_text()) if "expert" in dirs else None
-    if vit is not None:  # the cache may have moved since it was written
-        vit["pretrained"] = str(Path(dirs["vit"]) / "vit.safetensors")
-    if expert is not None:
-        expert["pretrained"] = str(Path(dirs["expert"]) / "expert.safetensors")
-    return WorldBackbones(
-        vit_spec=vit,
-        expert_spec=expert,
-        lm_dir=dirs.get("lm"),
-        tokenizer=build_tokenizer(),
-        quality=quality,
-        config=cfg,
-        dirs=dirs,
-        built=built,
-        _lm=keep.get("model"),
-    )
+        world.dirs[component], world.built[component] = str(path), now
+        world.quality[component] = json.loads((path / QUALITY_FILE).read_text())
+        log.info("world %s: %s (%s)", component, path, "trained" if now else "from cache")
+        if component == "lm":
+            world.lm_dir, world._lm = str(path), keep.get("model")
+            quality = world.quality["lm"]
+            if not quality.get("gate_passed", True) and cfg.lm.max_extra_rounds > 0:
+                log.warning("world LM below the text-QA gate %s: %s", cfg.lm.gate_threshold, quality["gate_failures"])
+        else:
+            spec = json.loads((path / "encoder.json").read_text())
+            spec["pretrained"] = str(path / f"{component}.safetensors")  # the cache may have moved since
+            setattr(world, f"{component}_spec", spec)
+
+    for component in COMPONENTS:
+        if component not in cfg.components:
+            continue
+        cached = (root / f"{component}-{config_hash(component, cfg)}" / QUALITY_FILE).is_file()
+        if component in cfg.lazy and not cached:
+            world._pending[component] = lambda component=component: load(component)
+            log.info("world %s: built on first use (world.lazy)", component)
+        else:
+            load(component)
+    return world
