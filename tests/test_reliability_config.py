@@ -142,10 +142,13 @@ def test_a_refused_rerun_leaves_the_run_directory_byte_for_byte(tmp_path: Path, 
     assert main(["table", str(tmp_path)]) == 0 and "| mlp | colour |" in capsys.readouterr().out
 
 
-def test_a_sweep_rerun_with_a_changed_override_is_refused_untouched_and_exits_non_zero(tmp_path: Path) -> None:
-    assert main(["sweep", *TOY, f"run_dir={tmp_path}", "seed=0,1"]) == 0
+@pytest.mark.parametrize("launcher", ["local", pytest.param("joblib", marks=pytest.mark.slow)])
+def test_a_sweep_rerun_with_a_changed_override_is_refused_untouched_and_exits_non_zero(
+    tmp_path: Path, launcher: str
+) -> None:
+    assert main(["sweep", *TOY, f"run_dir={tmp_path}", "seed=0,1", f"launcher={launcher}"]) == 0
     before = snapshot(tmp_path)
-    assert main(["sweep", *TOY, f"run_dir={tmp_path}", "seed=0,1", "stages.align.lr=0.5"]) != 0
+    assert main(["sweep", *TOY, f"run_dir={tmp_path}", "seed=0,1", "stages.align.lr=0.5", f"launcher={launcher}"]) != 0
     assert snapshot(tmp_path) == before
     assert {record(p)["status"] for p in tmp_path.iterdir() if p.is_dir()} == {"finished"}
 

@@ -146,19 +146,23 @@ def launch(overrides: Sequence[str], multirun: bool = False, program: str = "bri
     sys.argv = argv
     record = Path(sweep_root or ".", "multirun.yaml")  # Hydra rewrites it at every sweep start
     previous = record.read_bytes() if sweep_root and record.exists() else None
+    members_before = _member_files(sweep_root) if previous is not None else {}
+    code = 0
     try:
         _hydra_main()
     except SystemExit as err:  # Hydra reports a job's exception itself and exits 1
-        if REFUSED and previous is not None:  # a refused sweep leaves its root as it was, too
-            record.write_bytes(previous)
-        return int(err.code or 0) if not isinstance(err.code, str) else 1
+        code = int(err.code or 0) if not isinstance(err.code, str) else 1
     finally:
         sys.argv = saved
     failed = sorted(set(FAILED) | set(failed_since(sweep_root, started) if sweep_root else []))
     if failed:
         log.error("%d run(s) failed: %s (see their run.json)", len(failed), ", ".join(failed))
-        return 1
-    return 0
+        code = code or 1
+    # a refused sweep leaves its root as it was, too; with launcher=joblib the refusal happened in a worker, so
+    # "refused" is read off the run directories: this sweep wrote none of their run.json files
+    if code and previous is not None and (REFUSED or _member_files(sweep_root) == members_before):
+        record.write_bytes(previous)
+    return code
 
 
 def failed_since(root: str, since: str) -> list[str]:
@@ -173,3 +177,8 @@ def failed_since(root: str, since: str) -> list[str]:
         if record.get("status") == STATUS_FAILED and str(record.get("updated", "")) >= since:
             found.append(str(path.parent))
     return found
+
+
+def _member_files(root: str | None) -> dict[str, tuple[int, int]]:
+    """``(mtime_ns, size)`` of every ``run.json`` under a sweep root: equal before and after = no member written."""
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in Path(root or ".").glob("**/run.json")}
