@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,23 @@ def test_data_llava_composes_from_the_command_line(folder: Path) -> None:
     assert entry.cls(config, None).build(0).train["llava"][0]["images"][0].shape == (3, 8, 8)
     with pytest.raises(ConfigError, match="Did you mean 'image_folder'"):
         DATA_SOURCES.make_config({**dict(cfg.data), "image_foldr": "x"})
+
+
+def test_skip_bad_samples_is_one_budget_across_dataloader_workers(folder: Path) -> None:
+    """Two workers, two bad samples, a budget of one: the run stops, whichever worker meets the second."""
+    lines = [record(0), record(1, image="img/gone.png"), record(2), record(3, image="img/gone.png"), record(4)]
+    path = write(folder / "two_bad.jsonl", lines, True)
+    pool = build(path=str(path), image_folder=str(folder), skip_bad_samples=1).train["llava"]
+    loader = torch.utils.data.DataLoader(pool, batch_size=None, num_workers=2, collate_fn=lambda s: s["meta"]["id"])
+    with pytest.raises(MediaError, match="after skipping 1 bad samples"):
+        list(loader)
+    generous = build(path=str(path), image_folder=str(folder), skip_bad_samples=2).train["llava"]
+    loader = torch.utils.data.DataLoader(generous, batch_size=None, num_workers=2, collate_fn=lambda s: s["meta"]["id"])
+    assert sorted(loader) == ["s0", "s2", "s2", "s4", "s4"]  # each bad sample replaced by the next good one
+
+
+def test_a_pickled_pool_counts_its_own_skips(folder: Path) -> None:
+    path = write(folder / "bad.jsonl", [record(0, image="img/gone.png"), record(1)], True)
+    pool = build(path=str(path), image_folder=str(folder), skip_bad_samples=1).train["llava"]
+    copy = pickle.loads(pickle.dumps(pool))
+    assert pool[0]["meta"]["id"] == "s1" and copy[0]["meta"]["id"] == "s1"

@@ -12,6 +12,7 @@ source's ``metric`` (how the evaluation scores its task) and, where given, ``ans
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -94,9 +95,9 @@ class LazySamples(Sequence):
         make: builds sample ``i`` (decodes its media).
         describe: ``describe(i)`` -> the sample's text fields and meta without decoding media (for evaluation
             records); ``None``: ``make``.
-        skip_bad_samples: how many broken samples this process may skip (each logged with its id; the next sample
-            is returned instead); 0 raises at the first. The budget is per process, so each DataLoader worker has
-            its own.
+        skip_bad_samples: how many broken samples the run may skip (each logged with its id; the next sample is
+            returned instead); 0 raises at the first. The count lives in shared memory, so DataLoader workers
+            (forked or spawned) draw on one budget; a copy pickled any other way counts on its own.
     """
 
     def __init__(
@@ -110,7 +111,8 @@ class LazySamples(Sequence):
         self.make = make
         self.describe = describe or make
         self.skip_bad_samples = skip_bad_samples
-        self.skipped: list[str] = []
+        self.skipped: list[str] = []  # this process's skips, for the messages
+        self._skips = _SharedCount()
 
     def __len__(self) -> int:
         return self.size
@@ -124,15 +126,41 @@ class LazySamples(Sequence):
             try:
                 return self.make(j)
             except BAD_SAMPLE_ERRORS as err:
-                if len(self.skipped) >= self.skip_bad_samples:
-                    if self.skipped:
-                        note = f"after skipping {len(self.skipped)} bad samples: data.skip_bad_samples"
+                taken = self._skips.take(self.skip_bad_samples)
+                if taken is None:
+                    if self.skip_bad_samples:
+                        note = f"after skipping {self.skip_bad_samples} bad samples: data.skip_bad_samples"
                         err.args = (f"{err.args[0]} ({note})",)
                     raise
                 self.skipped.append(str(err))
-                log.warning("Skipping bad sample %d/%d: %s", len(self.skipped), self.skip_bad_samples, err)
+                log.warning("Skipping bad sample %d/%d: %s", taken, self.skip_bad_samples, err)
         raise DataError("Every sample is broken")
 
     def record(self, i: int) -> dict[str, Any]:
         """Sample ``i`` without its media (text, answer, meta)."""
         return self.describe(i)
+
+
+class _SharedCount:
+    """A counter in shared memory that DataLoader workers inherit (fork) or receive while being spawned."""
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.Value("i", 0)
+
+    def take(self, limit: int) -> int | None:
+        """Count one more skip and return the new total, or ``None`` when ``limit`` is already reached."""
+        with self._value.get_lock():
+            if self._value.value >= limit:
+                return None
+            self._value.value += 1
+            return self._value.value
+
+    def __getstate__(self) -> dict[str, Any]:
+        try:  # shared memory travels only to a process being started; elsewhere the copy counts on its own
+            multiprocessing.context.assert_spawning(self)
+            return {"value": self._value}
+        except RuntimeError:
+            return {"value": None, "count": self._value.value}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._value = state["value"] or multiprocessing.Value("i", state["count"])
