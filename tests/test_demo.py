@@ -20,13 +20,13 @@ def test_demo_config_is_the_same_budget_for_every_bridge() -> None:
 
 
 @pytest.mark.slow
-def test_demo_writes_table_scores_and_plots(tmp_path) -> None:
+def test_demo_writes_table_scores_and_plots(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("BRIDGELAB_CACHE", str(tmp_path / "cache"))  # the tiny world in its own cache
     runs = tmp_path / "demo"
     code = main(
         [
             "demo",
             "world=tiny",
-            f"world.cache_dir={tmp_path / 'world'}",
             "bridge=mlp,eagle",
             "seed=0,1",
             f"run_dir={runs}",
