@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
 from bridges.common.checks import at_least
-from bridges.common.features import encoder_features, layer_tokens
+from bridges.common.features import encoder_features, frames_to_media, layer_tokens
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.token_grid import from_grid, pooled_side, to_grid
 from bridges.presets import BridgePreset, register_preset
@@ -89,10 +88,7 @@ class AvgPoolBridge(PrefixBridge):
         num_frames: int = 1,
         instruction: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = self.pool(features)
-        if x.shape[0] % num_frames:
-            raise ValueError(f"{x.shape[0]} images is not a multiple of num_frames={num_frames}")
-        return rearrange(self.projector(x), "(n f) t d -> n (f t) d", f=num_frames)
+        return frames_to_media(self.projector(self.pool(features)), num_frames)
 
 
 # LLaVA-1.5-7B's encoder, LM and projector with the 24 x 24 grid pooled 2 x 2 to 144 tokens: the projector is LLaVA's

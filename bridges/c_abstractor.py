@@ -35,7 +35,7 @@ from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
 from bridges.common.checks import at_least
-from bridges.common.features import encoder_features, layer_tokens
+from bridges.common.features import check_frames, encoder_features, layer_tokens
 from bridges.common.token_grid import from_grid, pooled_side, to_grid
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
@@ -157,8 +157,7 @@ class CAbstractorBridge(PrefixBridge):
     ) -> torch.Tensor:
         feats = encoder_features(features, self.io.encoder.name)
         x = layer_tokens(feats, self.absolute_layer, dtype=self.readout[0].weight.dtype)
-        if x.shape[0] % num_frames:
-            raise ValueError(f"{x.shape[0]} images is not a multiple of num_frames={num_frames}")
+        check_frames(x.shape[0], num_frames)
         if self.pos_emb is not None:
             x = x + self.pos_emb
         x = self.readout(from_grid(self.net(to_grid(x, self.io.encoder.grid))))

@@ -36,6 +36,7 @@ from torch import nn
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.checks import at_least
+from bridges.common.features import check_frames
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures
 
@@ -187,8 +188,7 @@ class EagleBridge(PrefixBridge):
         instruction: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         grids = self.expert_grids(features, only=self.active_expert)
-        if grids[0].shape[0] % num_frames:
-            raise ValueError(f"{grids[0].shape[0]} images is not a multiple of num_frames={num_frames}")
+        check_frames(grids[0].shape[0], num_frames)
         if self.active_expert is not None:
             tokens = self.expert_projectors[self.active_expert](grids[0])
         elif self.config.variant == "sequence_append":

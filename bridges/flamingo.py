@@ -38,6 +38,7 @@ from bridges.common.gates import TanhGate, gate_parameters
 from bridges.common.media import MediaSlots
 from bridges.common.resampler import PerceiverResampler, make_activation
 from bridges.common.checks import at_least
+from bridges.common.features import check_frames
 from encoders.registry import ConfigError
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
@@ -359,8 +360,7 @@ class FlamingoBridge(InjectBridge):
             raise KeyError(f"No features for encoder '{name}'; got {sorted(features)}.")
         feats = features[name]
         x = feats.layer(self.encoder_layer)[:, feats.num_prefix :].to(self.perceiver.latents.dtype)
-        if x.shape[0] % num_frames:
-            raise ValueError(f"{x.shape[0]} images is not a multiple of num_frames={num_frames}")
+        check_frames(x.shape[0], num_frames)
         x = x.reshape(x.shape[0] // num_frames, 1, num_frames, *x.shape[1:])
         return self.perceiver(x)[:, 0]
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from bridges.common.features import frames_to_media
 from bridges.base import (
     BRIDGES,
     BridgeIO,
@@ -318,9 +319,7 @@ class HyperAttentionBridge(InjectBridge):
             raise KeyError(f"No features for encoder '{name}'; got {sorted(features)}.")
         feats = features[name]
         x = feats.layer(self.encoder_layer)[:, feats.num_prefix :].to(self.projector[0].weight.dtype)
-        if x.shape[0] % num_frames:
-            raise ValueError(f"{x.shape[0]} images is not a multiple of num_frames={num_frames}")
-        return rearrange(self.projector(x), "(n f) p d -> n (f p) d", f=num_frames)
+        return frames_to_media(self.projector(x), num_frames)
 
     def injections(self, host: LMHost) -> list[Injection]:
         if not host.supports_attention_extension:

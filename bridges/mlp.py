@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
-from bridges.common.features import encoder_features, layer_tokens
+from bridges.common.features import encoder_features, frames_to_media, layer_tokens
 from bridges.common.projector import build_projector, projector_depth, projector_flops
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
@@ -108,11 +107,7 @@ class MLPBridge(PrefixBridge):
         num_frames: int = 1,
         instruction: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = self.select(features)
-        if x.shape[0] % num_frames:
-            raise ValueError(f"{x.shape[0]} images is not a multiple of num_frames={num_frames}")
-        tokens = self.projector(x)  # (N*F, P', D)
-        return rearrange(tokens, "(n f) p d -> n (f p) d", f=num_frames)
+        return frames_to_media(self.projector(self.select(features)), num_frames)
 
     @classmethod
     def from_reference(cls, projector: nn.Module, io: BridgeIO | None = None, **overrides: Any) -> MLPBridge:

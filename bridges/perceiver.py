@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
-from bridges.common.features import encoder_features, layer_tokens
+from bridges.common.features import check_frames, encoder_features, layer_tokens
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.resampler import PerceiverResampler
 from bridges.common.checks import at_least, positive
@@ -125,8 +125,7 @@ class PerceiverBridge(PrefixBridge):
         feats = encoder_features(features, self.io.encoder.name)
         # CLS (index 0) only when asked for; register tokens dropped; encoders may run in another precision
         tokens = layer_tokens(feats, feats.layers[-1], self.config.with_cls, self.resampler.latents.dtype)
-        if tokens.shape[0] % num_frames:
-            raise ValueError(f"{tokens.shape[0]} images is not a multiple of num_frames={num_frames}")
+        check_frames(tokens.shape[0], num_frames)
         x = rearrange(tokens, "(n f) p d -> n 1 f p d", f=num_frames)
         return self.projector(self.resampler(x)[:, 0])
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
 from bridges.common.checks import at_least
-from bridges.common.features import encoder_features, layer_tokens
+from bridges.common.features import check_frames, encoder_features, layer_tokens
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.token_grid import shuffle_factor
 from bridges.presets import BridgePreset, register_preset
@@ -107,8 +107,7 @@ class PixelShuffleBridge(PrefixBridge):
     ) -> torch.Tensor:
         feats = encoder_features(features, self.io.encoder.name)
         tokens = layer_tokens(feats, self.absolute_layer, dtype=self.projector[0].weight.dtype)
-        if tokens.shape[0] % num_frames:
-            raise ValueError(f"{tokens.shape[0]} images is not a multiple of num_frames={num_frames}")
+        check_frames(tokens.shape[0], num_frames)
         h, w = self.io.encoder.grid
         if tokens.shape[1] != h * w:
             raise ValueError(f"Expected {h} x {w} = {h * w} patch tokens, got {tokens.shape[1]}")

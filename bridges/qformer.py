@@ -27,7 +27,7 @@ from torch import nn
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
 from bridges.common.bert_layers import BertSpec, QFormer
-from bridges.common.features import encoder_features, layer_tokens
+from bridges.common.features import check_frames, encoder_features, layer_tokens
 from bridges.common.checks import at_least, divisible, in_unit_interval
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
@@ -204,8 +204,7 @@ class QFormerBridge(PrefixBridge):
         instruction: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         image = self.image_embeds(features)
-        if image.shape[0] % num_frames:
-            raise ValueError(f"{image.shape[0]} images is not a multiple of num_frames={num_frames}")
+        check_frames(image.shape[0], num_frames)
         if instruction is not None and self.config.instruction_aware and num_frames > 1:
             # every frame of a media item sees that item's instruction (media-major, frames inner)
             instruction = tuple(repeat(t, "n l -> (n f) l", f=num_frames) for t in instruction)  # type: ignore[assignment]

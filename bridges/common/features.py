@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from einops import rearrange
 
 from encoders.base import VisionFeatures
 
@@ -43,3 +44,15 @@ def layer_tokens(
     elif feats.num_prefix > 1:
         x = torch.cat([x[:, :1], x[:, feats.num_prefix :]], dim=1)
     return x if dtype is None else x.to(dtype)
+
+
+def check_frames(num_images: int, num_frames: int) -> None:
+    """Raise when ``num_images`` stacked frames do not split into media items of ``num_frames`` frames each."""
+    if num_images % num_frames:
+        raise ValueError(f"{num_images} images is not a multiple of num_frames={num_frames}")
+
+
+def frames_to_media(tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Per-frame tokens ``(N * F, T, D)`` -> per media item ``(N, F * T, D)``, frames in order."""
+    check_frames(tokens.shape[0], num_frames)
+    return rearrange(tokens, "(n f) t d -> n (f t) d", f=num_frames)
