@@ -379,11 +379,35 @@ def semantic_config(run: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
 EVAL_KEYS = ("eval",)
 
 
+# Options added after runs were made: while one holds its default (what every earlier run did without the key), it is
+# left out of the hash, so adding an option keeps existing runs resumable and skippable. ``*`` = any stage name.
+HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, Any], ...] = (
+    ("bridge.resampler", "perceiver"),
+    ("stages.*.objective", "lm"),
+    ("stages.*.objective_options", {}),
+)
+
+
+def _drop_default(data: Any, dotted: str, default: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if not isinstance(data, dict):
+        return
+    if not rest:
+        if head in data and data[head] == default:
+            del data[head]
+        return
+    for key in (list(data) if head == "*" else [head]):
+        _drop_default(data.get(key), rest, default)
+
+
 def config_hash(run: RunConfig | Mapping[str, Any]) -> str:
-    """The training identity of a run: the semantic config without the evaluation settings (:data:`EVAL_KEYS`)."""
+    """The training identity of a run: the semantic config without the evaluation settings (:data:`EVAL_KEYS`) and
+    without new options at their defaults (:data:`HASH_NEUTRAL_DEFAULTS`)."""
     data = semantic_config(run)
     for key in EVAL_KEYS:
         _drop(data, key)
+    for key, default in HASH_NEUTRAL_DEFAULTS:
+        _drop_default(data, key, default)
     blob = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
