@@ -308,6 +308,11 @@ class HyperAttentionBridge(InjectBridge):
             groups["bridge.gates"] = gates
         return groups
 
+    def tanh_gates(self) -> dict[str, TanhGate]:
+        """The zero-initialised per-head tanh gates by ``"attn/layer<i>"`` (``fusion=adaptive_zero`` only, where
+        each scales its layer's sigmoid gate; empty for the other fusions, which have no tanh gate)."""
+        return {f"attn/layer{i}": layer.gate_scale for i, layer in self.hyper.items() if hasattr(layer, "gate_scale")}
+
     def encode(self, features: Mapping[str, VisionFeatures], num_frames: int = 1) -> torch.Tensor:
         """``(N_media * F, P, Dv)`` patch tokens -> memory ``(N_media, F * P, D_lm)`` (frames laid end to end).
 

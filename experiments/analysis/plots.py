@@ -96,3 +96,43 @@ def plot_learning_curves(df: pd.DataFrame, out_path: str | os.PathLike[str], met
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_gates(run_dir: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> Path:
+    """Flamingo's gate figure for one run: ``|tanh(alpha)|`` per gated layer over training, a panel per gate kind.
+
+    Reads the ``gate/<kind>/layer<i>`` scalars that the harness's gate log wrote into ``metrics.jsonl`` (x axis: the
+    run's global step, so later stages continue the curves). Deeper layers get darker lines. Writes
+    ``<run_dir>/plots/gates.png`` unless ``out_path`` is given, and returns the path.
+
+    Raises:
+        ValueError: the run logged no gate values (its bridge has no tanh gates, e.g. ``gate=none``).
+    """
+    metrics = load_metrics(run_dir)
+    columns = [c for c in metrics.columns if c.startswith("gate/")]
+    if not columns:
+        raise ValueError(
+            f"{run_dir} has no gate/* values in metrics.jsonl: its bridge has no tanh gates (e.g. flamingo with "
+            "gate=none, or a prefix bridge). Plot a run of a gated bridge (flamingo gate=scalar|vector)."
+        )
+    kinds = sorted({c.split("/")[1] for c in columns})
+    steps = metrics["global_step"] if "global_step" in metrics else metrics.get("step", metrics.index)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False, sharey=True)
+    for ax, kind in zip(axes[0], kinds):
+        layers = sorted((c for c in columns if c.split("/")[1] == kind), key=lambda c: int(c.rsplit("layer", 1)[1]))
+        cmap = plt.get_cmap("viridis")
+        for j, column in enumerate(layers):
+            rows = metrics[column].notna()
+            ax.plot(steps[rows], metrics.loc[rows, column], color=cmap(1 - j / max(1, len(layers) - 1)),
+                    label=column.rsplit("/", 1)[1])
+        ax.set_title(f"{kind} gates")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    axes[0][0].set_ylabel("|tanh(alpha)|")
+    fig.tight_layout()
+    path = Path(out_path) if out_path is not None else Path(run_dir) / "plots" / "gates.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

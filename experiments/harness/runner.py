@@ -53,6 +53,7 @@ from experiments.harness.datamodule import BridgeDataModule
 from experiments.harness.efficiency import flops_per_sample, summarise
 from experiments.harness.evaluation import prediction_records, score
 from experiments.harness.faults import fault_point
+from experiments.harness.gate_log import GateLog
 from experiments.harness.module import CKPT_KEY, BridgeLitModule, read_checkpoint
 from experiments.harness.recovery import RECOVERY_POLICIES, final_usable, resume_point
 from experiments.harness.rundir import (
@@ -303,6 +304,7 @@ def _fit_stage(
     )
     throughput = Throughput(bplan.micro, bplan.world_size, run.efficiency.skip_steps)
     callbacks = [AtomicCheckpoint(rd.last_checkpoint(name), run.train.checkpoint_every_n_steps, jsonl), throughput]
+    callbacks.append(GateLog())  # gate/<attn|ff>/layer<i> = |tanh(alpha)| per gated layer, for bridges with gates
     loggers = [jsonl, *build_loggers(run.trainer.loggers, rd.path, name)]
     if len(loggers) > 1 or run.trainer.loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
