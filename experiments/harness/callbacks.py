@@ -210,8 +210,12 @@ class Throughput(Callback):
         elapsed = time.perf_counter() - self._t0
         if elapsed > 0:
             self.result["samples_per_s"] = self._count * self.samples / elapsed
+        # callback_metrics come back from ddp_spawn children; logging them once, at the last step, is enough (a
+        # ``self.log`` costs ~1 ms on CPU: every step it was 1.5% of a demo step, benchmarks/overhead.py).
+        last = trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
+        if last and "samples_per_s" in self.result:
             self.result.update(peak_memory_mb())
-            for key, value in self.result.items():  # callback_metrics come back from ddp_spawn children
+            for key, value in self.result.items():
                 pl_module.log(f"perf/{key}", value, logger=False, rank_zero_only=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

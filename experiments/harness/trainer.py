@@ -138,6 +138,11 @@ def fsdp_wrap_classes(model: Any) -> set[type]:
     return classes
 
 
+def progress_refresh_rate(log_every_n_steps: int) -> int:
+    """Batches between progress-bar refreshes (the training module logs its loss for those batches)."""
+    return max(1, log_every_n_steps // 2)
+
+
 def build_trainer(
     run: RunConfig,
     *,
@@ -154,7 +159,7 @@ def build_trainer(
     show_bar = cfg.progress_bar if progress_bar is None else progress_bar
     all_callbacks = list(callbacks)
     if show_bar:
-        all_callbacks.append(TQDMProgressBar(refresh_rate=max(1, run.train.log_every_n_steps // 2)))
+        all_callbacks.append(TQDMProgressBar(refresh_rate=progress_refresh_rate(run.train.log_every_n_steps)))
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
