@@ -826,6 +826,9 @@ def main() -> None:
     save(QUICKSTART, HERE / "01_quickstart.ipynb")
     save(ANALYSE_SWEEP, HERE / "02_analyse_sweep.ipynb")
     save(YOUR_DATA, HERE / "03_your_data.ipynb")
+    import nb_reproductions  # its own file (this one is long); run as a script, notebooks/ is on sys.path
+
+    save(nb_reproductions.cells(md, code, params), HERE / "04_reproductions.ipynb")
 
 
 if __name__ == "__main__":
