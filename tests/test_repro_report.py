@@ -256,3 +256,33 @@ def test_collect_and_curve_on_a_real_tiny_run(tiny_sweep: Path, tmp_path: Path) 
     assert stop["status"] == "stopped" and stop["reason"].startswith("context: ")
     assert stop["seq_len"] > stop["max_positions"] == 512 and "max_position_embeddings 512" in stop["reason"]
     assert (tmp_path / "evals" / "mplug_distractor").is_dir() and out.with_suffix(".png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # a kernel start and the notebook's imports: ~55 s on the loaded 2-core machine
+def test_reproductions_notebook_renders_results_and_not_run(tmp_path: Path) -> None:
+    """04_reproductions.ipynb on results with one sweep, a curve and gates: their tables and figures; the rest
+    "not run yet"."""
+    from test_notebooks import execute, stdout
+
+    sweep, _ = llava_sweep(tmp_path / "runs")
+    results = tmp_path / "results"
+    assert repro(["collect", str(sweep), "--out", str(results)]) == 0
+    gate_sweep = tmp_path / "runs" / "flamingo_gate"
+    write_run(gate_sweep, {"bridge": "flamingo", "bridge.gate": "scalar"}, 0, {"distractor": 0.5},
+              gates={"gate/attn/layer0": [0.0, 0.1, 0.2], "gate/ff/layer1": [0.0, 0.2, 0.3]})
+    assert repro(["collect", str(gate_sweep), "--out", str(results)]) == 0
+    (results / "mplug_distractor").mkdir()
+    pd.DataFrame([{"bridge": b, "seed": 0, "n_images": n, "status": "evaluated", "reason": "", "exact_match": 0.5,
+                   "n": 10, "chance": 0.17} for b in ("mlp", "hyper_attention") for n in (1, 4)]
+                 + [{"bridge": "mlp", "seed": 0, "n_images": 32, "status": "stopped", "reason": "context: 591 > 512"}]
+                 ).to_csv(results / "mplug_distractor" / "curve.csv", index=False)
+
+    nb = execute("04_reproductions.ipynb", f'RESULTS = "{results}"\nOUT_DIR = "figures"\n', tmp_path)
+    text = stdout(nb)
+    assert "verdict rule: d = mean(expected)" in text
+    assert "llava15: not run yet" not in text and "blip2_queries: not run yet" in text
+    assert "mlp: stopped at N=32: context: 591 > 512" in text
+    assert "distractor curve: not run yet" not in text and "gate figure: not run yet" not in text
+    for figure in ("llava15.png", "flamingo_gate.png", "distractor_curve.png", "flamingo_gates.png"):
+        assert (tmp_path / "figures" / figure).stat().st_size > 1000, figure
+    assert not (tmp_path / "figures" / "blip2_queries.png").exists()
