@@ -7,6 +7,7 @@ Commands::
     bridgelab demo  [OVERRIDES...]        the quick ablation (every bridge x tasks x 2 seeds), then its table and plots
     bridgelab table RUNS_DIR [--format markdown|latex]   mean +- std over seeds per bridge and task
     bridgelab params [--tolerance 0.01]   each paper preset built on the meta device vs its published size
+    bridgelab params OVERRIDES...         trainable params of each bridge of a sweep, e.g. experiment=matched_params
     bridgelab eval RUN_DIR [data=...] [eval.tasks=...] [--out DIR]   score a run without training
     bridgelab export-world DIR --format llava|webdataset|hf [--tasks T ...]   the world's tasks as released datasets
 
@@ -70,12 +71,21 @@ def results_table(runs_dir: str, fmt: str = "markdown") -> str:
 
 
 def _params(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bridgelab params", description="Paper presets vs their published sizes")
-    parser.add_argument("--tolerance", type=float, default=0.01, help="relative difference allowed (default 0.01)")
+    parser = argparse.ArgumentParser(prog="bridgelab params", description="Paper presets vs their published sizes; "
+                                     "with OVERRIDES, the trainable parameters of each member of that sweep")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="relative difference allowed (presets: default 0.01; OVERRIDES: tags.param_tolerance)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=matched_params")
     args = parser.parse_args(list(argv))
+    if args.overrides:
+        from experiments.harness.run_params import members_report
+
+        text, ok = members_report(args.overrides, args.tolerance)
+        print(text)
+        return 0 if ok else 1
     from experiments.harness.params import params_report
 
-    text, ok = params_report(args.tolerance)
+    text, ok = params_report(0.01 if args.tolerance is None else args.tolerance)
     print(text)
     return 0 if ok else 1
 
