@@ -1,7 +1,7 @@
 """The distractor-resistance curve (mPLUG-Owl3): accuracy against the number of images N, for every finished run.
 
     python -m experiments.analysis.distractor_curve runs/repro/mplug_distractor \
-        --n 1,2,4,8,16,32,64,128,256,400 --out results/repro/mplug_distractor/curve.csv
+        --n 1,2,4,8,16,32,64,128,256,400 [--out results/repro/mplug_distractor/curve.csv] [--eval-size 100]
 
 For each run and each N (ascending) the run is scored with ``bridgelab eval`` (in process, through
 :func:`experiments.cli.main`) on the distractor task with ``data.eval_options.distractor_n=N``. Before each N two
@@ -155,10 +155,15 @@ def run_curve(run_dir: Path, cfg: CurveConfig, work: Path) -> list[dict[str, Any
                 break
             batch_size = int(min(loaded.config.eval.batch_size, max(1, budget // max(peak, 1))))
             out = work / f"n{n}"
-            code = bridgelab(["eval", str(run_dir), *overrides, f"eval.batch_size={batch_size}", "--out", str(out),
-                              "--device", cfg.device])
+            try:
+                code = bridgelab(["eval", str(run_dir), *overrides, f"eval.batch_size={batch_size}", "--out",
+                                  str(out), "--device", cfg.device])
+            except (RuntimeError, MemoryError) as err:  # e.g. out of memory beyond the measured sample: say so
+                code, row["reason"] = 1, f"error: {type(err).__name__}: {err}"[:300]
             if code != 0:
-                raise RuntimeError(f"bridgelab eval {run_dir} at N={n} exited with {code}")
+                rows.append({**row, "status": "error", "reason": row.get("reason") or f"bridgelab eval exited {code}"})
+                print(f"distractor_curve: {run_dir} at N={n}: {rows[-1]['reason']}", file=sys.stderr)
+                break
             scores = json.loads((out / "eval" / cfg.task / "scores.json").read_text(encoding="utf-8"))
             rows.append({**row, "status": "evaluated", "reason": "", "eval_batch_size": batch_size,
                          **{k: scores.get(k) for k in ("exact_match", "n", "chance", "random_image", "text_ceiling")}})
@@ -215,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Accuracy against the number of images, per finished run")
     parser.add_argument("sweep_dir")
     parser.add_argument("--n", default=",".join(map(str, DEFAULT_NS)), help="image counts, comma-separated")
-    parser.add_argument("--out", required=True, help="the curve CSV, e.g. results/repro/<name>/curve.csv")
+    parser.add_argument("--out", default=None, help="the curve CSV (default results/repro/<sweep name>/curve.csv)")
     parser.add_argument("--plot", default=None, help="the figure (default: curve.png beside --out)")
     parser.add_argument("--eval-size", type=int, default=CurveConfig.eval_size, help="samples per N (default 100)")
     parser.add_argument("--memory-gib", type=float, default=CurveConfig.memory_gib, help="tensor memory budget")
@@ -238,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"distractor_curve: {err}", file=sys.stderr)
         return 1
-    out = Path(args.out)
+    out = Path(args.out or Path("results/repro") / Path(args.sweep_dir).name / "curve.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     figure = plot_curve(table, args.plot or out.with_suffix(".png"))

@@ -36,7 +36,7 @@ def stop_reasons(curve: pd.DataFrame) -> dict[str, str]:
     """Per bridge: where and why its curve stopped (first stopped N over its runs), or that it reached the end."""
     out = {}
     for bridge, rows in curve.groupby("bridge"):
-        stopped = rows[rows["status"] == "stopped"].sort_values("n_images")
+        stopped = rows[rows["status"].isin(["stopped", "error"])].sort_values("n_images")
         out[str(bridge)] = (f"stopped at N={int(stopped.iloc[0]['n_images'])}: {stopped.iloc[0]['reason']}"
                             if len(stopped) else "reached the last N asked for")
     return out

@@ -14,7 +14,9 @@
   :func:`~experiments.analysis.tables.summarize`);
 * ``gates.csv`` when runs logged ``gate/...`` scalars into ``metrics.jsonl`` (long format: one row per run, step
   and key, with the first integer of the key as ``layer``);
-* ``collect.json``: the command, the time and the counts.
+* ``collect.json``: the command, the time and the counts;
+* ``summary.png`` (a bar per variant and task) and ``gates.png`` (the gate series), the figures REPRODUCTIONS.md
+  shows.
 
 ``report`` is :func:`experiments.analysis.repro_report.write_report`.
 """
@@ -33,6 +35,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from experiments.analysis.load import load_metrics, load_runs
+from experiments.analysis.repro_plots import plot_gate_series, plot_variants
 from experiments.analysis.tables import summarize
 
 SCORE_COLUMNS = (
@@ -161,10 +164,13 @@ def collect(sweep_dir: str | Path, out_root: str | Path = "results/repro") -> Pa
     summary = summary_table(scores, keys)
     summary.to_csv(out / "summary.csv", index=False)
     gates = gate_table(scores_with_dirs, keys)
+    for name in ("gates.csv", "gates.png", "summary.png"):
+        (out / name).unlink(missing_ok=True)  # nothing stale from an earlier collect
+    if not summary.empty:
+        plot_variants(summary, out / "summary.png", title=sweep_dir.name)
     if not gates.empty:
         gates.to_csv(out / "gates.csv", index=False)
-    elif (out / "gates.csv").exists():
-        (out / "gates.csv").unlink()
+        plot_gate_series(gates, out / "gates.png")
     runs = scores.drop_duplicates("run")
     meta = {
         "experiment": sweep_dir.name,

@@ -21,7 +21,8 @@ def variant_labels(summary: pd.DataFrame) -> pd.Series:
     """``key=value`` of the swept keys that differ between rows (all of them when none differs)."""
     keys = list(summary.columns[: list(summary.columns).index("task")])
     varying = [k for k in keys if summary[k].astype(str).nunique() > 1] or keys
-    return summary[varying].astype(str).apply(lambda r: " ".join(f"{k}={v}" for k, v in r.items()), axis=1)
+    short = {k: k.rsplit(".", 1)[-1] for k in varying}  # bridge.projector -> projector
+    return summary[varying].astype(str).apply(lambda r: " ".join(f"{short[k]}={v}" for k, v in r.items()), axis=1)
 
 
 def plot_variants(summary: pd.DataFrame, path: str | Path, title: str = "") -> Path:
@@ -31,7 +32,7 @@ def plot_variants(summary: pd.DataFrame, path: str | Path, title: str = "") -> P
     table = summary.assign(label=variant_labels(summary))
     tasks = sorted(table["task"].unique())
     labels = list(dict.fromkeys(table["label"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(1.2 + 0.9 * len(labels) * len(tasks) + 1.5, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(1.2 + 0.9 * len(labels) * len(tasks) + 1.5, 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         rows = table[table["task"] == task].set_index("label").reindex(labels)
         means = rows["exact_match_mean"].astype(float)

@@ -109,13 +109,14 @@ def machine_line(scores: pd.DataFrame | None) -> str:
 def variants_table(summary: pd.DataFrame) -> str:
     """Every variant of the sweep on every task: mean ± std (n seeds) with the reference levels and the budget."""
     keys = _swept(summary)
-    columns = [*keys, "task", "exact_match (mean ± std, n seeds)", "chance", "text ceiling", "trainable params",
-               "FLOPs/sample", "step s"]
+    columns = [*keys, "task", "exact_match (mean ± std, n seeds)", "chance", "text ceiling", "LM tokens/image",
+               "trainable params", "FLOPs/sample", "step s"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     fmt = lambda v, f: "–" if pd.isna(v) else format(float(v), f)  # noqa: E731
     for _, row in summary.iterrows():
         values = [*(str(row[k]) for k in keys), str(row["task"]), cell(_arm(row)), fmt(row.get("chance"), ".3f"),
-                  fmt(row.get("text_ceiling"), ".3f"), fmt(row.get("trainable_params"), ".0f"),
+                  fmt(row.get("text_ceiling"), ".3f"), fmt(row.get("lm_tokens_per_media"), ".0f"),
+                  fmt(row.get("trainable_params"), ".0f"),
                   fmt(row.get("flops_per_sample"), ".3g"), fmt(row.get("train_step_s"), ".3f")]
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines)
@@ -139,6 +140,8 @@ def experiment_section(results: Path, experiment: str, claims: list[Claim]) -> t
     lines.append(f"Machine (run.json): {machine_line(scores)}.")
     if summary is not None and not summary.empty:
         lines += ["", variants_table(summary)]
+        if (results / experiment / "summary.png").is_file():
+            lines += ["", f"![{experiment}]({(results / experiment / 'summary.png').as_posix()})"]
     elif summary is not None:
         lines += ["", "No finished run yet."]
     outcomes: list[Outcome] = []
@@ -153,6 +156,9 @@ def experiment_section(results: Path, experiment: str, claims: list[Claim]) -> t
             found = [Outcome(claim, claim.tasks[0], *curve_verdict(results / experiment / "curve.csv"))]
         else:
             found = [Outcome(claim, claim.tasks[0], *gate_verdict(results / experiment / "gates.csv"))]
+        figure = results / experiment / {"curve": "curve.png", "gates": "gates.png"}.get(claim.kind, "")
+        if claim.kind != "compare" and figure.is_file():
+            lines.append(f"- figure: ![{claim.key}]({figure.as_posix()})")
         for o in found:
             mark = f" (provisional: fewer than {MIN_SEEDS} seeds)" if o.status == "partial" else ""
             lines.append(f"- {o.task}: **{o.verdict}**{mark}. {o.detail}")
