@@ -286,3 +286,17 @@ def test_reproductions_notebook_renders_results_and_not_run(tmp_path: Path) -> N
     for figure in ("llava15.png", "flamingo_gate.png", "distractor_curve.png", "flamingo_gates.png"):
         assert (tmp_path / "figures" / figure).stat().st_size > 1000, figure
     assert not (tmp_path / "figures" / "blip2_queries.png").exists()
+
+
+def test_bad_inputs_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments.analysis.distractor_curve import main as distractor_curve
+
+    assert repro(["collect", str(tmp_path / "nowhere")]) == 1
+    assert f"No such runs directory: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert repro(["collect", str(tmp_path / "empty")]) == 1
+    assert "holds no run (no run.json below it)" in capsys.readouterr().err
+    assert distractor_curve([str(tmp_path), "--n", "1,x"]) == 2
+    assert "--n must be comma-separated integers, got '1,x'" in capsys.readouterr().err
+    assert distractor_curve([str(tmp_path / "empty"), "--out", str(tmp_path / "c.csv")]) == 1
+    assert "no finished run under" in capsys.readouterr().err
