@@ -257,6 +257,16 @@ def test_collect_and_curve_on_a_real_tiny_run(tiny_sweep: Path, tmp_path: Path) 
     assert stop["seq_len"] > stop["max_positions"] == 512 and "max_position_embeddings 512" in stop["reason"]
     assert (tmp_path / "evals" / "mplug_distractor").is_dir() and out.with_suffix(".png").stat().st_size > 1000
 
+    # a rerun reuses each evaluated N's row (marked here to tell reuse from recomputation)
+    [row_file] = (tmp_path / "evals" / "mplug_distractor").rglob("n1/curve_row.json")
+    record = json.loads(row_file.read_text())
+    record["row"]["exact_match"] = 0.123
+    row_file.write_text(json.dumps(record))
+    assert distractor_curve([str(tiny_sweep), "--n", "1,32,64", "--eval-size", "2", "--out", str(out),
+                             "--work-dir", str(tmp_path / "evals")]) == 0
+    again = pd.read_csv(out)
+    assert again["exact_match"].iloc[0] == 0.123 and again["status"].tolist() == ["evaluated", "stopped"]
+
 
 @pytest.mark.slow  # a kernel start and the notebook's imports: ~55 s on the loaded 2-core machine
 def test_reproductions_notebook_renders_results_and_not_run(tmp_path: Path) -> None:

@@ -15,6 +15,9 @@ checks decide whether it fits; a bridge's curve stops at the first N that does n
   (default 8 GiB). The evaluation batch is then cut to fit the budget (``eval.batch_size`` at most
   budget / per-sample peak).
 
+Each N's evaluation is kept under ``--work-dir`` (default ``runs/curves/<sweep name>/<run>/n<N>``) with its curve
+row, so a call interrupted part-way continues where it stopped.
+
 The text-only ceiling (true captions in the image slots, read by the world LM) is computed only up to
 ``--text-ceiling-up-to`` images (default 8): beyond that the captions alone exceed the LM's context.
 The plot (``--plot``, default beside the CSV) is accuracy against N on a log axis, one line per bridge (mean ± std
@@ -42,6 +45,7 @@ import torch  # noqa: E402
 
 from experiments.analysis.load import find_run_dirs  # noqa: E402
 
+ROW_FILE = "curve_row.json"  # beside each N's evaluation: a rerun after an interruption reuses finished Ns
 DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 400)
 COLUMNS = ("run", "bridge", "seed", "n_images", "status", "reason", "exact_match", "n", "chance", "random_image",
            "text_ceiling", "lm_tokens_per_image", "seq_len", "max_positions", "peak_tensor_mib", "memory_budget_gib",
@@ -111,6 +115,16 @@ def _probe(loaded: Any, overrides: list[str]) -> Any:
     return build_data(config, build_world(config)).eval[config.eval.tasks[0]]
 
 
+def _finished_row(out: Path, overrides: list[str], cfg: CurveConfig) -> dict[str, Any] | None:
+    """The row an earlier call wrote for this N (same overrides and budget), or ``None``."""
+    path = out / ROW_FILE
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    same = record.get("overrides") == overrides and record.get("memory_gib") == cfg.memory_gib
+    return record["row"] if same else None
+
+
 def run_curve(run_dir: Path, cfg: CurveConfig, work: Path) -> list[dict[str, Any]]:
     """The curve rows of one run: one ``evaluated`` row per N that fits, then one ``stopped`` row (or none).
 
@@ -133,6 +147,11 @@ def run_curve(run_dir: Path, cfg: CurveConfig, work: Path) -> list[dict[str, Any
     try:
         for n in sorted(cfg.ns):
             overrides = eval_overrides(cfg, n)
+            out = work / f"n{n}"
+            done = _finished_row(out, overrides, cfg)
+            if done is not None:  # evaluated by an earlier, interrupted call with the same settings
+                rows.append(done)
+                continue
             pool = _probe(loaded, overrides)
             probe = [pool[i] for i in range(min(8, len(pool)))]
             text_len = int(loaded.collate(probe).input_ids.shape[1])
@@ -154,7 +173,6 @@ def run_curve(run_dir: Path, cfg: CurveConfig, work: Path) -> list[dict[str, Any
                 rows.append({**row, "status": "stopped", "reason": reason})
                 break
             batch_size = int(min(loaded.config.eval.batch_size, max(1, budget // max(peak, 1))))
-            out = work / f"n{n}"
             try:
                 code = bridgelab(["eval", str(run_dir), *overrides, f"eval.batch_size={batch_size}", "--out",
                                   str(out), "--device", cfg.device])
@@ -167,6 +185,8 @@ def run_curve(run_dir: Path, cfg: CurveConfig, work: Path) -> list[dict[str, Any
             scores = json.loads((out / "eval" / cfg.task / "scores.json").read_text(encoding="utf-8"))
             rows.append({**row, "status": "evaluated", "reason": "", "eval_batch_size": batch_size,
                          **{k: scores.get(k) for k in ("exact_match", "n", "chance", "random_image", "text_ceiling")}})
+            record = {"overrides": overrides, "memory_gib": cfg.memory_gib, "row": rows[-1]}
+            (out / ROW_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
     finally:
         clear_memo()  # the pools of every N stay memoised otherwise (hundreds of MB at N=400)
     return rows
