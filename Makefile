@@ -19,7 +19,7 @@ HF_INTERNALS_TESTS := tests/test_llm_*.py tests/test_bridge_*.py
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-suite test-oldest test-latest lock install lint notebooks clean params bench scaling
+.PHONY: demo test test-suite test-oldest test-latest lock install lint notebooks clean params bench scaling bench-harness
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -92,6 +92,12 @@ bench: $(STAMP)
 
 scaling: $(STAMP)
 	$(PY) -m benchmarks.scaling --threads 1
+
+# The harness's overhead over a plain PyTorch loop, then samples/s and the encoder/bridge/LM split per bridge
+# (the demo's setting; results in benchmarks/results/overhead.* and throughput.*).
+bench-harness: $(STAMP)
+	$(PY) -m benchmarks.overhead --threads 1
+	$(PY) -m benchmarks.throughput --threads 1
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache $(OLDEST_VENV) $(LATEST_VENV)

@@ -19,7 +19,8 @@ time is what passes outside the generator (every hook, logger and callback of a 
 excluded from it. Ratio = median harness s/step / median plain s/step over the blocks after the warm-up.
 
 Default setting: the demo's (``experiment=quick_ablation bridge=mlp``: the world ViT and LM, batch 64) with a
-smaller sample pool (``data.train_size=256``: the batches have the same shapes, the pool only takes less to build).
+smaller sample pool (``data.train_size=256 data.eval_size=8``: the batches have the same shapes, the pools only take
+less to build; nothing is evaluated).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from experiments.harness.rundir import RunDir, write_json_atomic, write_text_ato
 from experiments.harness.stages import StagePlan, apply_stage
 from experiments.harness.trainer import BatchPlan, batch_plan, build_loggers, build_trainer
 
-DEFAULT_OVERRIDES = ("experiment=quick_ablation", "bridge=mlp", "data.train_size=256")
+DEFAULT_OVERRIDES = ("experiment=quick_ablation", "bridge=mlp", "data.train_size=256", "data.eval_size=8")
 
 
 def with_defaults(extra: Sequence[str], defaults: Sequence[str] = DEFAULT_OVERRIDES) -> list[str]:
