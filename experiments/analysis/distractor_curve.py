@@ -43,10 +43,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from experiments.analysis.figure_verdicts import DEFAULT_NS  # noqa: E402
 from experiments.analysis.load import find_run_dirs  # noqa: E402
 
 ROW_FILE = "curve_row.json"  # beside each N's evaluation: a rerun after an interruption reuses finished Ns
-DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 400)
 COLUMNS = ("run", "bridge", "seed", "n_images", "status", "reason", "exact_match", "n", "chance", "random_image",
            "text_ceiling", "lm_tokens_per_image", "seq_len", "max_positions", "peak_tensor_mib", "memory_budget_gib",
            "eval_batch_size")

@@ -19,6 +19,7 @@ import pandas as pd
 from experiments.analysis.verdict import MIN_SEEDS, Arm, judge
 
 PAPER_BRIDGE = "hyper_attention"
+DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 400)  # the curve's image counts (1 to 400, as the paper's figure)
 CURVE_COMMAND = "python -m experiments.analysis.distractor_curve runs/repro/{exp} --out results/repro/{exp}/curve.csv"
 
 

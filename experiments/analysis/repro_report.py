@@ -17,7 +17,7 @@ import pandas as pd
 from experiments.analysis.claims import CLAIMS, Claim, Variant, claims_by_paper
 from experiments.analysis.repro import normalise
 from experiments.analysis.verdict import MIN_SEEDS, RULE, Arm, judge
-from experiments.analysis.figure_verdicts import curve_verdict, gate_verdict
+from experiments.analysis.figure_verdicts import CURVE_COMMAND, DEFAULT_NS, curve_verdict, gate_verdict
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,9 @@ def experiment_section(results: Path, experiment: str, claims: list[Claim]) -> t
     summary, scores = read_experiment(results, experiment)
     lines = [f"### `experiment=repro/{experiment}`", "",
              f"Regenerate: `bridgelab sweep experiment=repro/{experiment}`, then "
-             f"`{claims[0].collect_command}`."]
+             f"`{claims[0].collect_command}`"
+             + (f" and `{CURVE_COMMAND.format(exp=experiment)} --n {','.join(map(str, DEFAULT_NS))}`"
+                if any(c.kind == "curve" for c in claims) else "") + "."]
     meta_path = results / experiment / "collect.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
