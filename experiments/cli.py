@@ -102,8 +102,13 @@ def _demo(argv: Sequence[str]) -> int:
     print(table)
     from experiments.analysis import load_runs, plot_learning_curves, plot_tradeoffs
 
+    from experiments.analysis.separation import separation, separation_markdown
+
     df = load_runs(runs_dir)
-    (Path(runs_dir) / "table.md").write_text(table + "\n")
+    finished = df[df["status"] == "finished"]
+    separated = separation_markdown(separation(finished)) if not finished.empty else ""
+    print(separated)
+    (Path(runs_dir) / "table.md").write_text(table + "\n\n" + separated + "\n")
     columns = [c for c in DEMO_SCORE_COLUMNS if c in df]
     df[df["task"].notna()][columns].sort_values(["bridge", "task", "seed"]).to_csv(
         Path(runs_dir) / "scores.csv", index=False
