@@ -43,7 +43,7 @@ def cells(md: Callable[[str], Cell], code: Callable[[str], Cell], params: Callab
 
             from experiments.analysis.claims import claims_by_paper
             from experiments.analysis.distractor_curve import plot_curve
-            from experiments.analysis.figure_verdicts import curve_points, gate_summary, stop_reasons
+            from experiments.analysis.figure_verdicts import curve_points, gate_summary, paper_gates, stop_reasons
             from experiments.analysis.repro_plots import plot_gate_series, plot_variants
             from experiments.analysis.repro_report import machine_line, overview_table, read_experiment, variants_table
             from experiments.analysis.verdict import RULE
@@ -116,7 +116,7 @@ def cells(md: Callable[[str], Cell], code: Callable[[str], Cell], params: Callab
             r"""
             gates_path = results / "flamingo_gate" / "gates.csv"
             if gates_path.exists():
-                gates = pd.read_csv(gates_path)
+                gates = paper_gates(pd.read_csv(gates_path))  # the paper's scalar gate when others ran too
                 display(gate_summary(gates).round(3))
                 display(Image(filename=str(plot_gate_series(gates, out / "flamingo_gates.png"))))
             else:

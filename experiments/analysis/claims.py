@@ -123,8 +123,10 @@ CLAIMS: tuple[Claim, ...] = (
           note="BRIDGES.md 2.9 lists the query count as a toolkit ablation; the paper reports no such sweep"),
     Claim("blip2_stage1.representation", BLIP2, "Sec. 4 figure 'effect of vision-language representation learning' "
           "[recall]", "stage-1 representation learning (ITC/ITM/ITG) before stage 2 improves the downstream result.",
-          "blip2_stage1", FINE, Variant("stage 1 on", {"stage1": "true"}), Variant("stage 1 off", {"stage1": "false"}),
-          note="variant keys to be matched to experiment=repro/blip2_stage1 once it exists"),
+          "blip2_stage1", FINE, Variant("stage 1 on", {"stages": "qformer_stage1"}),
+          Variant("stage 1 off", {"stages": "align"}),
+          note="assumes the sweep swaps the stages group (stages=align,qformer_stage1, "
+               "experiments/configs/stages/qformer_stage1.yaml); match the filter once repro/blip2_stage1 exists"),
     Claim("instructblip.instruction_aware", INSTRUCTBLIP, "Table 4 'instruction-aware visual feature extraction'",
           "feeding the instruction to the Q-Former's queries helps.", "instructblip", ("attribute", "fine_detail"),
           Variant("instruction-aware", {"bridge.instruction_aware": "true"}),

@@ -4,10 +4,10 @@
 * Curve: at the largest number of images N that every bridge of the sweep reached, Hyper Attention's accuracy
   against the best other bridge's, by the rule of :mod:`experiments.analysis.verdict` (a ``better`` claim); how
   far each bridge got and why it stopped is printed beside it.
-* Gates: for each logged gate series (``gate/...`` key, one per layer and kind), the mean over seeds of the first
-  and the last logged ``|value|``; **holds** when every series ends above where it started, **contradicted** when
-  none does, otherwise **within noise**. Whether deeper layers open more is shown (the last values by layer), not
-  judged.
+* Gates (the scalar-gate runs when the sweep has other gates too): for each logged gate series (``gate/...`` key,
+  one per layer and kind), the mean over seeds of the first and the last logged ``|value|``; **holds** when every
+  series ends above where it started, **contradicted** when none does, otherwise **within noise**. Whether deeper
+  layers open more is shown (the last values by layer), not judged.
 """
 
 from __future__ import annotations
@@ -70,6 +70,13 @@ def curve_verdict(path: Path) -> tuple[str, str, str]:
     return v.verdict, v.status, detail
 
 
+def paper_gates(gates: pd.DataFrame) -> pd.DataFrame:
+    """The series of the paper's gate (``bridge.gate=scalar``) when the sweep also ran other gates; else all."""
+    if "bridge.gate" in gates and (gates["bridge.gate"].astype(str) == "scalar").any():
+        return gates[gates["bridge.gate"].astype(str) == "scalar"]
+    return gates
+
+
 def gate_summary(gates: pd.DataFrame) -> pd.DataFrame:
     """Per gate key: layer, mean over seeds of the first and last logged |value|, and the seed count."""
     step = "global_step" if "global_step" in gates else "step"
@@ -86,7 +93,7 @@ def gate_verdict(path: Path) -> tuple[str, str, str]:
     if not path.exists():
         return "not run", "not run", (f"no {path}: the runs logged no gate/... scalars (or the sweep was not "
                                       "collected)")
-    table = gate_summary(pd.read_csv(path))
+    table = gate_summary(paper_gates(pd.read_csv(path)))
     grows = table["last"] > table["first"]
     verdict = "holds" if grows.all() else "contradicted" if not grows.any() else "within noise"
     status = "done" if table["seeds"].min() >= MIN_SEEDS else "partial"

@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from experiments.analysis.figure_verdicts import paper_gates
 from experiments.analysis.load import load_metrics, load_runs
 from experiments.analysis.repro_plots import plot_gate_series, plot_variants
 from experiments.analysis.tables import summarize
@@ -170,7 +171,7 @@ def collect(sweep_dir: str | Path, out_root: str | Path = "results/repro") -> Pa
         plot_variants(summary, out / "summary.png", title=sweep_dir.name)
     if not gates.empty:
         gates.to_csv(out / "gates.csv", index=False)
-        plot_gate_series(gates, out / "gates.png")
+        plot_gate_series(paper_gates(gates), out / "gates.png")
     runs = scores.drop_duplicates("run")
     meta = {
         "experiment": sweep_dir.name,
