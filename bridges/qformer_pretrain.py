@@ -20,6 +20,7 @@ local batch (LAVIS gathers across GPUs first).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bridges.common.bert_layers import bert_init
+from bridges.common.features import encoder_features, layer_tokens
 from bridges.qformer import QFormerBridge
+from encoders.base import VisionFeatures
 
 
 @dataclass
@@ -126,6 +129,15 @@ class QFormerPretrainer(nn.Module):
         """Match / no-match logits ``(B, 2)`` from the bidirectional joint forward."""
         out = self.bridge.qformer(image, input_ids, itm_mask(self.num_queries, attention_mask))
         return self.itm_head(out[:, : self.num_queries]).mean(dim=1)
+
+    def feature_losses(
+        self, features: Mapping[str, VisionFeatures], input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` from encoder outputs (one image per caption): the bridge's layer, CLS as it is configured."""
+        bridge = self.bridge
+        feats = encoder_features(features, bridge.io.encoder.name)
+        image = layer_tokens(feats, bridge.layer, bridge.config.with_cls, bridge.language_projection.weight.dtype)
+        return self(image, input_ids, attention_mask)
 
     def forward(
         self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor

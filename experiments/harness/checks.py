@@ -43,6 +43,30 @@ def _positive(key: str, value: Any, fix: str) -> None:
         _fail(key, value, "> 0 (finite)", fix)
 
 
+OBJECTIVES = ("lm", "qformer_pretrain")
+
+
+def _check_objective(at: str, objective: str, bridge: Any) -> None:
+    """A stage's ``objective`` is known, and ``qformer_pretrain`` has a Q-Former with text layers to train."""
+    if objective not in OBJECTIVES:
+        _fail(f"{at}.objective", objective, " | ".join(OBJECTIVES),
+              f"set {at}.objective=lm (the LM loss) or qformer_pretrain (BLIP-2 stage 1)")
+    if objective != "qformer_pretrain":
+        return
+    section = bridge if isinstance(bridge, Mapping) else {"name": bridge}
+    if section.get("name") != "qformer":
+        raise ConfigError(
+            f"'{at}.objective' = 'qformer_pretrain' trains a Q-Former, but the bridge is {section.get('name')!r}. "
+            f"Fix: use bridge=qformer, or {at}.objective=lm."
+        )
+    if not (section.get("text_layers") or section.get("instruction_aware")):
+        raise ConfigError(
+            f"'{at}.objective' = 'qformer_pretrain' needs the Q-Former's text layers (ITC/ITM/ITG read captions), but "
+            "bridge.text_layers is false. Fix: set bridge.text_layers=true (and bridge.vocab_size above the LM "
+            "tokenizer's size, which the captions are written in)."
+        )
+
+
 def check_ranges(run: RunConfig) -> None:
     """Raise :class:`ConfigError` for the first out-of-range harness value (stages, train, eval, efficiency)."""
     for name, stage in run.stages.items():
@@ -67,6 +91,7 @@ def check_ranges(run: RunConfig) -> None:
         _at_least(f"{at}.effective_batch_size", stage.effective_batch_size, 1, optional=True)
         if stage.tasks is not None and not stage.tasks:
             raise ConfigError(f"'{at}.tasks' = [] selects no training task. Fix: {at}.tasks=null (all) or name tasks.")
+        _check_objective(at, stage.objective, run.bridge)
     train = run.train
     _at_least("train.effective_batch_size", train.effective_batch_size, 1)
     _at_least("train.micro_batch_size", train.micro_batch_size, 1, optional=True)

@@ -52,6 +52,12 @@ class StageConfig:
         grad_clip: gradient-norm clip, ``None`` to disable.
         effective_batch_size: samples per optimiser step over all devices; ``None`` takes ``train``'s.
         tasks: training tasks of this stage, ``None`` for all the data's training tasks.
+        objective: what the stage minimises: ``lm`` (the LM's next-token loss through the bridge) or
+            ``qformer_pretrain`` (BLIP-2 stage 1, ITC + ITM + ITG on the image-caption pairs of the stage's training
+            samples, no LM; needs ``bridge=qformer`` with ``bridge.text_layers=true``;
+            ``experiments/harness/objectives.py``).
+        objective_options: settings of the objective (``qformer_pretrain``: the fields of
+            ``bridges.qformer_pretrain.QFormerPretrainConfig``, e.g. ``{embed_dim: 64}``).
     """
 
     trainable: list[str] = field(default_factory=lambda: ["bridge"])
@@ -66,6 +72,8 @@ class StageConfig:
     grad_clip: float | None = 1.0
     effective_batch_size: int | None = None
     tasks: list[str] | None = None
+    objective: str = "lm"
+    objective_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

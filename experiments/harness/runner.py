@@ -55,6 +55,7 @@ from experiments.harness.evaluation import prediction_records, score
 from experiments.harness.faults import fault_point
 from experiments.harness.gate_log import GateLog
 from experiments.harness.module import CKPT_KEY, BridgeLitModule, read_checkpoint
+from experiments.harness.objectives import lit_module_class
 from experiments.harness.recovery import RECOVERY_POLICIES, final_usable, resume_point
 from experiments.harness.rundir import (
     STATUS_FAILED,
@@ -225,7 +226,7 @@ def _execute(run: RunConfig, rd: RunDir, reevaluate: bool = False) -> dict[str, 
         plans[name] = bplan.as_dict()
         stage_params[name] = count_params(model)
         ever_trainable |= {id(p) for p in model.parameters() if p.requires_grad}
-        module = BridgeLitModule(model, name, stage, plan, saved, resolved, run.eval.max_new_tokens)
+        module = lit_module_class(stage)(model, name, stage, plan, saved, resolved, run.eval.max_new_tokens)
         final = rd.final_checkpoint(name)
         record = {
             "name": name,
