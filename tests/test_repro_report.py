@@ -310,3 +310,29 @@ def test_bad_inputs_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "--n must be comma-separated integers, got '1,x'" in capsys.readouterr().err
     assert distractor_curve([str(tmp_path / "empty"), "--out", str(tmp_path / "c.csv")]) == 1
     assert "no finished run under" in capsys.readouterr().err
+
+
+def test_override_values_compare_as_hydra_and_yaml_write_them(tmp_path: Path) -> None:
+    """Hydra records ``bridge.instruction_aware=False``, the claims say ``false``; numbers sort by value."""
+    from experiments.analysis.repro import normalise
+
+    assert normalise("False") == "false" and normalise('["bridge*", "lm"]') == "[bridge*,lm]"
+    assert normalise(-2.0) == "-2"
+    sweep = tmp_path / "instructblip"
+    for flag in ("False", "True"):
+        for seed in range(3):
+            write_run(sweep, {"bridge": "qformer", "bridge.instruction_aware": flag, "bridge.num_query_tokens": "4"},
+                      seed, {"fine_detail": 0.5 if flag == "False" else 0.9})
+    assert repro(["collect", str(sweep), "--out", str(tmp_path / "results")]) == 0
+    summary = pd.read_csv(tmp_path / "results" / "instructblip" / "summary.csv", dtype=str)
+    assert summary["bridge.instruction_aware"].tolist() == ["false", "true"]
+    claim = next(c for c in CLAIMS if c.key == "instructblip.instruction_aware")
+    outcome = next(o for o in judge_claim(claim, summary) if o.task == "fine_detail")
+    assert outcome.verdict == "holds" and outcome.status == "done"
+
+    queries = tmp_path / "blip2_queries"
+    for q in ("16", "8", "64"):
+        write_run(queries, {"bridge": "qformer", "bridge.num_query_tokens": q}, 0, {"fine_detail": 0.3})
+    assert repro(["collect", str(queries), "--out", str(tmp_path / "results")]) == 0
+    order = pd.read_csv(tmp_path / "results" / "blip2_queries" / "summary.csv")["bridge.num_query_tokens"].tolist()
+    assert order == [8, 16, 64]

@@ -49,12 +49,20 @@ NOT_SWEPT = {"seed", "run_dir", "name", "experiment", "trainer.progress_bar", "h
 
 
 def normalise(value: Any) -> str:
-    """An override's value as comparable text: no spaces, no quotes (``'["a", "b"]'`` -> ``[a,b]``)."""
+    """An override's value as comparable text: no spaces, no quotes (``'["a", "b"]'`` -> ``[a,b]``), booleans in
+    lower case (Hydra writes ``False`` into a run's overrides, YAML and the claims say ``false``)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool):
-        value = str(value).lower()
-    return re.sub(r"[\s'\"]", "", str(value))
+    text = re.sub(r"[\s'\"]", "", str(value))
+    return text.lower() if text in ("True", "False") else text
+
+
+def _natural(value: Any) -> tuple[int, float, str]:
+    """Sort key: numbers by value (8 before 16), then text."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -117,7 +125,8 @@ def score_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
         df[field] = df["run_dir"].map(lambda r, field=field: facts[r][field])
     for column in (*SCORE_COLUMNS, "run_dir"):
         out[column] = df[column] if column in df else None
-    return out.sort_values([*keys, "seed", "task"], na_position="last").reset_index(drop=True), keys
+    order = sorted(range(len(out)), key=lambda i: tuple(_natural(out[k].iloc[i]) for k in (*keys, "seed", "task")))
+    return out.iloc[order].reset_index(drop=True), keys
 
 
 def summary_table(scores: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -128,7 +137,9 @@ def summary_table(scores: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     by = [*keys, "task"]
     table = summarize(finished, by=by)
     extra = finished.groupby(by, dropna=False)[["n", "train_step_s"]].mean().reset_index()
-    return table.merge(extra, on=by, how="left")
+    table = table.merge(extra, on=by, how="left")
+    order = sorted(range(len(table)), key=lambda i: tuple(_natural(table[k].iloc[i]) for k in by))
+    return table.iloc[order].reset_index(drop=True)
 
 
 def gate_table(scores: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
