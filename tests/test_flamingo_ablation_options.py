@@ -155,3 +155,22 @@ def test_the_new_option_at_its_default_keeps_the_config_hash_of_earlier_runs() -
     before = {**run, "bridge": {k: v for k, v in run["bridge"].items() if k != "resampler"}}  # a run made before
     assert config_hash(run) == config_hash(before)
     assert config_hash({**run, "bridge": {**run["bridge"], "resampler": "mlp"}}) != config_hash(run)
+
+
+def test_tables_count_a_run_made_before_the_options_as_one_at_their_defaults(tmp_path) -> None:
+    from experiments.analysis.load import load_runs
+    from experiments.analysis.tables import NEUTRAL_DEFAULTS, summarize
+    from experiments.harness.config import HASH_NEUTRAL_DEFAULTS
+    from experiments.harness.rundir import RunDir
+
+    assert set(NEUTRAL_DEFAULTS) == {(k, d) for k, d in HASH_NEUTRAL_DEFAULTS if not isinstance(d, dict)}
+    runs = [({}, None, 0.5), ({"resampler": "perceiver"}, "lm", 0.7), ({"resampler": "mlp"}, "lm", 0.2)]
+    for seed, (extra, objective, em) in enumerate(runs):
+        stage = {"max_steps": 5, **({"objective": objective} if objective else {})}
+        rd = RunDir(tmp_path / f"run{seed}")
+        rd.update(name="f", status="finished", seed=seed % 2,
+                  config={"bridge": {"name": "flamingo", **extra}, "seed": seed % 2, "stages": {"align": stage}})
+        rd.write_scores("attribute", {"task": "attribute", "n": 10, "exact_match": em})
+    table = summarize(load_runs(tmp_path))
+    assert table["bridge.resampler"].tolist() == ["mlp", "perceiver"] and table["seeds"].tolist() == [1, 2]
+    assert "stages.align.objective" not in table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import warnings
 from collections.abc import Sequence
 
@@ -28,6 +29,22 @@ IGNORED_CONFIG_PREFIXES = (
 )
 
 
+# Options added after runs were made (the harness's HASH_NEUTRAL_DEFAULTS, repeated; a test keeps them in step): a run
+# recorded before an option existed has no value for it and did what its default does, so it never separates rows.
+# (An empty ``objective_options`` mapping leaves no column at all, so only the scalar options need a default here.)
+NEUTRAL_DEFAULTS = (("bridge.resampler", "perceiver"), ("stages.*.objective", "lm"))
+
+
+def with_neutral_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with each :data:`NEUTRAL_DEFAULTS` config column's missing values set to that default."""
+    out = df.copy()
+    for column in df.columns:
+        default = next((d for k, d in NEUTRAL_DEFAULTS if fnmatch.fnmatchcase(column, f"cfg.{k}")), None)
+        if default is not None:
+            out[column] = out[column].fillna(default)
+    return out
+
+
 def varying_config_keys(df: pd.DataFrame, within: Sequence[str] = ("bridge", "task")) -> list[str]:
     """The ``cfg.<key>`` columns whose value differs between rows of one ``within`` group (seed excepted): the
     swept or otherwise differing settings that a table must keep apart rather than average over."""
@@ -35,7 +52,7 @@ def varying_config_keys(df: pd.DataFrame, within: Sequence[str] = ("bridge", "ta
     if df.empty or not columns:
         return []
     keys = [k for k in within if k in df]
-    filled = df[columns].astype(str)  # NaN and lists compare as text
+    filled = with_neutral_defaults(df[columns]).astype(str)  # NaN and lists compare as text
     if keys:
         counts = filled.groupby([df[k].astype(str) for k in keys]).nunique()
         varying = counts.columns[(counts > 1).any()]
@@ -68,7 +85,7 @@ def summarize(
     if df.empty:
         raise ValueError("No runs to summarise: the DataFrame is empty (check the path given to load_runs).")
     data = df[df["status"] == "finished"] if only_finished and "status" in df else df
-    data = data.dropna(subset=[metric])
+    data = with_neutral_defaults(data.dropna(subset=[metric]))
     if data.empty:
         raise ValueError(f"No finished run has a '{metric}' score yet.")
     if by is None:
