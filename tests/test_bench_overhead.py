@@ -27,6 +27,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # end to end through the CLI: ~30 s on the quiet 2-core machine (world, data, two models, fit)
 def test_overhead_cli_writes_both_sides_and_the_ratio(tmp_path: Path) -> None:
     out = tmp_path / "results"
     argv = [*TINY, "--blocks", "2", "--block-steps", "2", "--warmup", "1", "--batches", "2", "--out", str(out)]
@@ -71,6 +72,7 @@ def test_plain_loop_does_the_harness_step() -> None:
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # two bridges end to end through the CLI: ~9-30 s here
 def test_throughput_split_accounts_for_the_step(tmp_path: Path) -> None:
     argv = [*TINY, "--bridges", "mlp", "flamingo", "--rounds", "1", "--block-steps", "1", "--split-steps", "2",
             "--warmup", "1", "--batches", "2", "--out", str(tmp_path)]
