@@ -2,7 +2,8 @@
 
 The notebook reads only the committed results (``results/repro/<experiment>/*.csv``): a section per paper with its
 table, a plot and the verdicts, the distractor-resistance curve and Flamingo's gate figure. An item without
-results prints "not run yet", so the notebook executes before, during and after the sweeps.
+results prints "not run yet", so the notebook executes before, during and after the sweeps. It is committed
+executed: ``python -m experiments.analysis.repro notebook`` runs it in place (after ``build_notebooks.py``).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ def cells(md: Callable[[str], Cell], code: Callable[[str], Cell], params: Callab
         params(
             r"""
             RESULTS = "../results/repro"  # the committed results (relative to notebooks/)
-            OUT_DIR = "reproductions_out"  # the figures are written here as well
+            OUT_DIR = None  # the figures are written here as well (None: a temporary folder)
             """
         ),
         code(
             r"""
+            import tempfile
             from pathlib import Path
 
             import pandas as pd
@@ -48,7 +50,7 @@ def cells(md: Callable[[str], Cell], code: Callable[[str], Cell], params: Callab
             from experiments.analysis.repro_report import machine_line, overview_table, read_experiment, variants_table
             from experiments.analysis.verdict import RULE
 
-            results, out = Path(RESULTS), Path(OUT_DIR)
+            results, out = Path(RESULTS), Path(OUT_DIR or tempfile.mkdtemp(prefix="reproductions_"))
             out.mkdir(parents=True, exist_ok=True)
             pd.set_option("display.max_colwidth", 200)
             print("verdict rule:", RULE)

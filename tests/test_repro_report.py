@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -270,9 +271,10 @@ def test_collect_and_curve_on_a_real_tiny_run(tiny_sweep: Path, tmp_path: Path) 
 
 @pytest.mark.slow  # a kernel start and the notebook's imports: ~55 s on the loaded 2-core machine
 def test_reproductions_notebook_renders_results_and_not_run(tmp_path: Path) -> None:
-    """04_reproductions.ipynb on results with one sweep, a curve and gates: their tables and figures; the rest
-    "not run yet"."""
-    from test_notebooks import execute, stdout
+    """``python -m experiments.analysis.repro notebook``: 04_reproductions.ipynb executed on results with two
+    sweeps, a curve and gates (their tables and figures, saved in the notebook); the rest "not run yet"."""
+    import nbformat
+    from test_notebooks import stdout
 
     sweep, _ = llava_sweep(tmp_path / "runs")
     results = tmp_path / "results"
@@ -287,8 +289,14 @@ def test_reproductions_notebook_renders_results_and_not_run(tmp_path: Path) -> N
                  + [{"bridge": "mlp", "seed": 0, "n_images": 32, "status": "stopped", "reason": "context: 591 > 512"}]
                  ).to_csv(results / "mplug_distractor" / "curve.csv", index=False)
 
-    nb = execute("04_reproductions.ipynb", f'RESULTS = "{results}"\nOUT_DIR = "figures"\n', tmp_path)
+    executed = tmp_path / "04.ipynb"
+    assert repro(["notebook", "--results", str(results), "--out", str(executed), "--figures",
+                  str(tmp_path / "figures")]) == 0
+    nb = nbformat.read(executed, as_version=4)
+    assert f'RESULTS = "{os.path.relpath(results, REPO / "notebooks")}"' in nb.cells[1].source
     text = stdout(nb)
+    assert any(out.output_type == "display_data" and "image/png" in out.data for cell in nb.cells
+               if cell.cell_type == "code" for out in cell.outputs)  # the figures are in the saved notebook
     assert "verdict rule: d = mean(expected)" in text
     assert "llava15: not run yet" not in text and "blip2_queries: not run yet" in text
     assert "mlp: stopped at N=32: context: 591 > 512" in text
@@ -336,3 +344,21 @@ def test_override_values_compare_as_hydra_and_yaml_write_them(tmp_path: Path) ->
     assert repro(["collect", str(queries), "--out", str(tmp_path / "results")]) == 0
     order = pd.read_csv(tmp_path / "results" / "blip2_queries" / "summary.csv")["bridge.num_query_tokens"].tolist()
     assert order == [8, 16, 64]
+
+
+def test_committed_notebook_is_the_generated_one_executed() -> None:
+    """notebooks/04_reproductions.ipynb holds the cells of nb_reproductions.py (rebuilt, then executed in place)."""
+    import nbformat
+
+    sys.path.insert(0, str(REPO / "notebooks"))
+    try:
+        import build_notebooks
+        import nb_reproductions
+    finally:
+        sys.path.remove(str(REPO / "notebooks"))
+    built = nb_reproductions.cells(build_notebooks.md, build_notebooks.code, build_notebooks.params)
+    committed = nbformat.read(REPO / "notebooks" / "04_reproductions.ipynb", as_version=4)
+    assert [c.source for c in committed.cells] == [c.source for c in built], (
+        "notebooks/04_reproductions.ipynb is stale: run `.venv/bin/python notebooks/build_notebooks.py` and then "
+        "`python -m experiments.analysis.repro notebook`"
+    )

@@ -2,6 +2,7 @@
 
     python -m experiments.analysis.repro collect runs/repro/<name> [--out results/repro]
     python -m experiments.analysis.repro report [--results results/repro] [--out REPRODUCTIONS.md]
+    python -m experiments.analysis.repro notebook [--results results/repro]   # 04_reproductions.ipynb, executed
 
 ``collect`` reads the sweep with :func:`~experiments.analysis.load.load_runs` and writes ``<out>/<name>/``:
 
@@ -18,7 +19,8 @@
 * ``summary.png`` (a bar per variant and task) and ``gates.png`` (the gate series), the figures REPRODUCTIONS.md
   shows.
 
-``report`` is :func:`experiments.analysis.repro_report.write_report`.
+``report`` is :func:`experiments.analysis.repro_report.write_report`, ``notebook``
+:func:`experiments.analysis.repro_notebook.execute_notebook`.
 """
 
 from __future__ import annotations
@@ -208,17 +210,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     r = sub.add_parser("report", help="results/repro/*/ + the claims registry -> REPRODUCTIONS.md")
     r.add_argument("--results", default="results/repro")
     r.add_argument("--out", default="REPRODUCTIONS.md")
+    n = sub.add_parser("notebook", help="execute notebooks/04_reproductions.ipynb on the results, save it executed")
+    n.add_argument("--results", default="results/repro")
+    n.add_argument("--notebook", default="notebooks/04_reproductions.ipynb")
+    n.add_argument("--out", default=None, help="where the executed notebook goes (default: in place)")
+    n.add_argument("--figures", default=None, help="the notebook's OUT_DIR for its figures (default: a temp folder)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "collect":
             out = collect(args.sweep_dir, args.out)
             meta = json.loads((out / "collect.json").read_text(encoding="utf-8"))
             print(f"{out}: {meta['runs']} run(s), {meta['finished']} finished; swept {', '.join(meta['swept_keys'])}")
-        else:
+        elif args.command == "report":
             from experiments.analysis.repro_report import write_report
 
-            path = write_report(args.results, args.out)
-            print(f"wrote {path}")
+            print(f"wrote {write_report(args.results, args.out)}")
+        else:
+            from experiments.analysis.repro_notebook import execute_notebook
+
+            print(f"wrote {execute_notebook(args.results, args.notebook, args.out, args.figures)} (executed)")
     except (FileNotFoundError, ValueError) as err:
         print(f"repro {args.command}: {err}", file=sys.stderr)
         return 1
