@@ -95,3 +95,14 @@ def test_stage1_loss_falls_and_stage2_starts_from_its_weights(tmp_path: Path, mo
     assert not any(k.startswith("objective.") for k in final)  # BLIP-2 drops the stage-1 heads for stage 2
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "finished" and [s["name"] for s in record["stages"]] == ["pretrain", "align"]
+
+
+def test_runs_made_before_objective_existed_keep_their_config_hash() -> None:
+    from experiments.harness.config import config_dict, config_hash
+
+    run = config_dict(load_config(["experiment=smoke", "world=tiny"]))
+    before = {**run, "stages": {n: {k: v for k, v in s.items() if not k.startswith("objective")}
+                                for n, s in run["stages"].items()}}
+    assert config_hash(run) == config_hash(before)
+    changed = {**run, "stages": {"align": {**run["stages"]["align"], "objective": "qformer_pretrain"}}}
+    assert config_hash(changed) != config_hash(run)
