@@ -11,12 +11,12 @@ from experiments.harness.config import compose
 
 def test_demo_config_is_the_same_budget_for_every_bridge() -> None:
     cfg = compose(["experiment=quick_ablation"], with_hydra=True)
-    assert list(cfg.data.tasks) == ["attribute", "fine_detail", "distractor"]
-    assert cfg.data.options.distractor_n == 4 and cfg.data.eval_options.distractor_n == 8  # trained at 4, tested at 8
+    assert list(cfg.data.tasks) == ["attribute", "fine_detail", "video_motion"]
     assert cfg.data.image_size == 64 and cfg.train.cache_features
     for fragment in cfg.by_bridge.values():  # per-bridge fragments size the bridge; none changes the budget
         assert set(fragment) <= {"bridge", "encoder"}
-    assert "distractor" in compose(["world=default"]).world.lm.tasks  # the LM knows the demo's formats
+    lm = compose(["experiment=quick_ablation"]).world.lm
+    assert set(cfg.data.tasks) <= set(lm.tasks) and set(cfg.data.tasks) <= set(lm.gate_tasks)  # the LM knows them
 
 
 @pytest.mark.slow
@@ -42,8 +42,9 @@ def test_demo_writes_table_scores_and_plots(tmp_path, monkeypatch) -> None:
     scores = pd.read_csv(runs / "scores.csv")
     assert list(scores.columns) == list(DEMO_SCORE_COLUMNS)
     assert len(scores) == 2 * 2 * 3  # one row per run and task
-    assert set(scores["task"]) == {"attribute", "fine_detail", "distractor"} and set(scores["seed"]) == {0, 1}
+    assert set(scores["task"]) == {"attribute", "fine_detail", "video_motion"} and set(scores["seed"]) == {0, 1}
     assert scores["exact_match"].between(0, 1).all() and (scores["status"] == "finished").all()
     table = (runs / "table.md").read_text()
     assert "exact_match" in table and "text_ceiling" in table and "visual_tokens_per_media" in table
+    assert "| task | best | worst | spread | largest std | separates |" in table  # the separation table
     assert list((runs / "plots").glob("*.png"))
