@@ -113,6 +113,11 @@ CLAIMS: tuple[Claim, ...] = (
           "keeping the pretrained LM frozen beats training it with the bridge.", "flamingo_frozen",
           MULTI, Variant("frozen LM", {"stages.align.trainable": FROZEN}),
           Variant("unfrozen LM", {"stages.align.trainable": '["bridge*","lm.new_tokens","lm"]'})),
+    Claim("flamingo_video.frame_embeddings", FLAMINGO, "Sec. 2.1 / App. A: learned temporal embeddings of video "
+          "frames", "learned per-frame embeddings let the (otherwise order-blind) resampler tell the frames' order.",
+          "flamingo_video", ("video_motion",), Variant("4 frame embeddings", {"bridge.max_num_frames": "4"}),
+          Variant("none", {"bridge.max_num_frames": "null"}),
+          note="the paper states the design; it reports no ablation number for it"),
     Claim("flamingo_gate.figure", FLAMINGO, "appendix figure 'tanh gating values per layer over training' [recall]",
           "|tanh alpha| starts at 0 and grows during training, more in deeper layers.", "flamingo_gate",
           MULTI, kind="gates"),
