@@ -32,3 +32,14 @@ def test_a_bridge_at_chance_is_flagged_and_the_markdown_says_so():
     assert not bool(sep.loc[0, "all_above_chance"])
     text = separation_markdown(sep)
     assert "| t | a | b | 0.700 | 0.000 | yes | no | 2 |" in text
+
+
+def test_a_sweep_over_null_and_a_value_is_never_pooled():
+    """`bridge.max_num_frames=null,4`: the unset arm is a variant of its own (pandas 3 keeps NaN through astype)."""
+    from experiments.analysis.tables import summarize, varying_config_keys
+
+    df = _runs({("flamingo", "video_motion"): [0.48, 0.43, 0.43, 1.0, 1.0, 1.0]})
+    df["cfg.bridge.max_num_frames"] = [None, None, None, 4.0, 4.0, 4.0]
+    assert varying_config_keys(df) == ["cfg.bridge.max_num_frames"]
+    table = summarize(df)
+    assert len(table) == 2 and sorted(table["seeds"]) == [3, 3]

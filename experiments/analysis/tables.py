@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -52,13 +53,22 @@ def varying_config_keys(df: pd.DataFrame, within: Sequence[str] = ("bridge", "ta
     if df.empty or not columns:
         return []
     keys = [k for k in within if k in df]
-    filled = with_neutral_defaults(df[columns]).astype(str)  # NaN and lists compare as text
+    # Unset values (a swept `null`) must count as a value of their own: pandas >= 3 keeps NaN through astype(str),
+    # and nunique() would then not see `null` vs `4` as different.
+    filled = with_neutral_defaults(df[columns]).map(lambda v: UNSET if _is_missing(v) else str(v))
     if keys:
         counts = filled.groupby([df[k].astype(str) for k in keys]).nunique()
         varying = counts.columns[(counts > 1).any()]
     else:
         varying = filled.columns[filled.nunique() > 1]
     return [c for c in columns if c in set(varying)]
+
+
+UNSET = "<unset>"
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _ignored(key: str) -> bool:
