@@ -43,3 +43,6 @@ def test_a_sweep_over_null_and_a_value_is_never_pooled():
     assert varying_config_keys(df) == ["cfg.bridge.max_num_frames"]
     table = summarize(df)
     assert len(table) == 2 and sorted(table["seeds"]) == [3, 3]
+    from experiments.analysis.tables import to_markdown
+
+    assert "| null |" in to_markdown(table) and "| 4.0 |" in to_markdown(table)

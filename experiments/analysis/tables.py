@@ -147,6 +147,9 @@ def _display(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     for column in ("train_samples_per_s", "peak_memory_mb", *REFERENCE_COLUMNS):
         if column in shown:
             shown[column] = shown[column].map(lambda v: "–" if pd.isna(v) else f"{v:.3g}")
+    for column in keys:  # a swept null shows as `null`, as it was written on the command line
+        if column in shown:
+            shown[column] = shown[column].map(lambda v: "null" if _is_missing(v) else v)
     return shown
 
 
