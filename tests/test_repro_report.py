@@ -362,3 +362,21 @@ def test_committed_notebook_is_the_generated_one_executed() -> None:
         "notebooks/04_reproductions.ipynb is stale: run `.venv/bin/python notebooks/build_notebooks.py` and then "
         "`python -m experiments.analysis.repro notebook`"
     )
+
+
+def test_a_swept_null_variant_is_read_back_and_judged(tmp_path):
+    """summary.csv holds `null` for bridge.max_num_frames=null; pandas would read it as NaN and lose the arm."""
+    from experiments.analysis.claims import CLAIMS
+    from experiments.analysis.repro_report import judge_claim, read_experiment
+
+    folder = tmp_path / "flamingo_video"
+    folder.mkdir()
+    (folder / "summary.csv").write_text(
+        "bridge,bridge.max_num_frames,task,exact_match_mean,exact_match_std,seeds,n\n"
+        "flamingo,4,video_motion,1.0,0.0,3,300\n"
+        "flamingo,null,video_motion,0.45,0.03,3,300\n"
+    )
+    summary, _ = read_experiment(tmp_path, "flamingo_video")
+    claim = next(c for c in CLAIMS if c.key == "flamingo_video.frame_embeddings")
+    (outcome,) = judge_claim(claim, summary)
+    assert outcome.verdict == "holds", outcome.detail

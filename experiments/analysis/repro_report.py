@@ -34,8 +34,10 @@ class Outcome:
 def read_experiment(results: Path, experiment: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """``(summary, scores)`` of one experiment, ``None`` where the file is missing."""
     folder = results / experiment
-    summary = pd.read_csv(folder / "summary.csv", dtype=str) if (folder / "summary.csv").exists() else None
-    scores = pd.read_csv(folder / "scores.csv", dtype=str) if (folder / "scores.csv").exists() else None
+    # keep_default_na=False: a swept `null` (bridge.max_num_frames=null,4) is a variant's value, not a missing cell
+    read = dict(dtype=str, keep_default_na=False, na_values=[""])
+    summary = pd.read_csv(folder / "summary.csv", **read) if (folder / "summary.csv").exists() else None
+    scores = pd.read_csv(folder / "scores.csv", **read) if (folder / "scores.csv").exists() else None
     return summary, scores
 
 
