@@ -82,6 +82,8 @@ def test_every_config_file(group: str, option: str, tiny_world: list[str]) -> No
         return
     if (group, option) == ("bridge", "eagle"):  # Eagle refuses a single encoder: give it the world's two
         base.append("+by_bridge.eagle.encoder={vit: {world: vit}, expert: {world: expert}}")
+    if (group, option) == ("stages", "qformer_stage1"):  # BLIP-2 stage 1 trains a Q-Former with its text layers
+        base += ["bridge=qformer", "bridge.text_layers=true", "bridge.vocab_size=80"]
     cfg = compose([*base, f"{group}={option}"], with_hydra=group == "launcher")
     run = validate_config(cfg)
     if group == "launcher":
@@ -122,8 +124,9 @@ def test_every_config_file(group: str, option: str, tiny_world: list[str]) -> No
             overrides["encoder"] = {"vit": {"world": "vit"}, "expert": {"world": "expert"}}
     elif group == "encoder" and option != "world" and not option.startswith("tiny"):
         overrides["encoder"] = {**run.encoder, "meta_device": True}
-    elif group == "stages":
-        overrides["bridge"] = _tiny_bridge("mlp")
+    elif group == "stages":  # stage 1 of BLIP-2 trains a Q-Former (with its text layers); the others any bridge
+        overrides["bridge"] = _tiny_bridge("mlp") if option != "qformer_stage1" else {
+            **_tiny_bridge("qformer"), "text_layers": True, "vocab_size": 80}
     spec = _with(run, **overrides)
     model = build_model(validate_config(spec), build_world(validate_config(spec)))
     assert model.bridge.num_visual_tokens(1) > 0
