@@ -16,7 +16,10 @@ callback and the progress bar; the feature cache wraps both sides when ``train.c
 One run, interleaved: the batches reach Lightning through a generator, and between Lightning's blocks of
 ``block_steps`` steps that generator runs a block of plain steps, so both sides see the same machine load. Lightning's
 time is what passes outside the generator (every hook, logger and callback of a step); the plain block's time is
-excluded from it. Ratio = median harness s/step / median plain s/step over the blocks after the warm-up.
+excluded from it. Three ratios over the blocks after the warm-up: the total (all timed harness steps / all timed
+plain steps: what a training run pays, the headline), the ratio of the two medians, and the median of the per-block
+ratios (each harness block against the plain block beside it). On a VM whose step time drifts by +-20% from block to
+block, the total and the paired median are the stable ones; the ratio of medians can move by 5% between runs.
 
 Default setting: the demo's (``experiment=quick_ablation bridge=mlp``: the world ViT and LM, batch 64) with a
 smaller sample pool (``data.train_size=256 data.eval_size=8``: the batches have the same shapes, the pools only take
@@ -234,6 +237,7 @@ def run_overhead(overrides: Sequence[str] = DEFAULT_OVERRIDES, schedule: Schedul
         "plain_ms_per_step": 1e3 * plain_t,
         "ratio": harness / plain_t,
         "paired_ratio_median": statistics.median(pairs),
+        "total_ratio": sum(schedule.harness_s) / sum(schedule.plain_s),
         "harness_blocks_ms": [1e3 * v for v in schedule.harness_s],
         "plain_blocks_ms": [1e3 * v for v in schedule.plain_s],
         "machine": machine_info(load_start),
@@ -273,8 +277,9 @@ def to_markdown(result: dict[str, Any], command: str) -> str:
         f"{', '.join(f'{v:.1f}' for v in result['plain_blocks_ms'])} |",
         f"| Lightning harness | {result['harness_ms_per_step']:.2f} | "
         f"{', '.join(f'{v:.1f}' for v in result['harness_blocks_ms'])} |", "",
-        f"Ratio harness / plain: **{result['ratio']:.3f}** (median of the per-block ratios "
-        f"{result['paired_ratio_median']:.3f}); target <= 1.05.", "",
+        f"Ratio harness / plain: **{result['total_ratio']:.3f}** (total time of all timed steps); ratio of the "
+        f"medians {result['ratio']:.3f}, median of the per-block ratios {result['paired_ratio_median']:.3f}; "
+        "target <= 1.05.", "",
     ])
 
 

@@ -4,7 +4,7 @@ Commands::
 
     bridgelab train [OVERRIDES...]        one run (Hydra overrides, e.g. experiment=smoke bridge=qformer seed=1)
     bridgelab sweep [OVERRIDES...]        a multirun, e.g. bridge=mlp,qformer seed=0,1 launcher=joblib
-    bridgelab demo  [OVERRIDES...]        the quick ablation (every bridge x tasks x 2 seeds), then its table and plots
+    bridgelab demo  [OVERRIDES...]        the quick ablation (every bridge x tasks x 3 seeds), then its table and plots
     bridgelab table RUNS_DIR [--format markdown|latex]   mean +- std over seeds per bridge and task
     bridgelab params [--tolerance 0.01]   each paper preset built on the meta device vs its published size
     bridgelab params OVERRIDES...         trainable params of each bridge of a sweep, e.g. experiment=matched_params

@@ -6,6 +6,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# subprocesses (CLI tests) keep one fixed thread too: runs stay bit-reproducible whatever else the machine runs
+os.environ.setdefault("BRIDGELAB_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -37,6 +37,7 @@ def test_overhead_cli_writes_both_sides_and_the_ratio(tmp_path: Path) -> None:
     assert len(result["harness_blocks_ms"]) == len(result["plain_blocks_ms"]) == 2
     assert result["harness_ms_per_step"] > 0 and result["plain_ms_per_step"] > 0
     assert result["ratio"] == pytest.approx(result["harness_ms_per_step"] / result["plain_ms_per_step"])
+    assert result["total_ratio"] == pytest.approx(sum(result["harness_blocks_ms"]) / sum(result["plain_blocks_ms"]))
     assert result["batch"]["micro"] == 4 and result["feature_cache"] is True
     assert len(result["machine"]["load_average_start"]) == 3 and result["machine"]["threads"] == 1
     assert "Ratio harness / plain" in (out / "overhead.md").read_text()

@@ -38,6 +38,7 @@ from experiments.harness.callbacks import (
     Throughput,
     save_checkpoint_atomic,
 )
+from experiments.harness.threads import ThreadFollower
 from experiments.harness.config import (
     EVAL_KEYS,
     RunConfig,
@@ -306,6 +307,7 @@ def _fit_stage(
     throughput = Throughput(bplan.micro, bplan.world_size, run.efficiency.skip_steps)
     callbacks = [AtomicCheckpoint(rd.last_checkpoint(name), run.train.checkpoint_every_n_steps, jsonl), throughput]
     callbacks.append(GateLog())  # gate/<attn|ff>/layer<i> = |tanh(alpha)| per gated layer, for bridges with gates
+    callbacks.append(ThreadFollower())  # torch's threads follow the machine's load (BRIDGELAB_THREADS)
     loggers = [jsonl, *build_loggers(run.trainer.loggers, rd.path, name)]
     if len(loggers) > 1 or run.trainer.loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -357,7 +359,8 @@ def _evaluate(
     for task, dataset in datamodule.eval_sets.items():
         collector = PredictionCollector(rd.eval_dir(task))
         trainer = build_trainer(
-            eval_run, max_steps=0, plan=BatchPlan(1, 1, 1, world), callbacks=[collector], model=module.model
+            eval_run, max_steps=0, plan=BatchPlan(1, 1, 1, world), callbacks=[collector, ThreadFollower()],
+            model=module.model
         )
         trainer.predict(module, dataloaders=datamodule.eval_dataloader(task), return_predictions=False)
         if not is_global_zero():

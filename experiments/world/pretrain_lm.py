@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from experiments.harness.threads import follow_load
 from experiments.world.scenes import SceneSampler, WorldConfig
 from experiments.world.tasks import (
     GENERATORS,
@@ -267,6 +268,7 @@ def train_lm(
     curve, window, start = [], [], time.perf_counter()
     bar = tqdm(range(steps), desc="world LM", disable=not progress, leave=False)
     for step in bar:
+        follow_load()
         _, samples = documents.batch(warm_up=step < warm_up_steps)
         loss, lm = document_loss(model, *encode_documents(samples, documents.prompts(samples)), cfg.answer_weight)
         opt.zero_grad(set_to_none=True)

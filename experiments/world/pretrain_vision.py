@@ -30,6 +30,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 from tqdm.auto import tqdm
 
+from experiments.harness.threads import follow_load
 from experiments.world.render import DIGIT
 from experiments.world.scenes import QUADRANT_WORDS, STILL_KINDS, Media, SceneSampler, WorldConfig, article
 from experiments.world.tasks import render_media, seed_sequence, to_uint8
@@ -263,6 +264,7 @@ def pretrain_vit(cfg: VitPretrainConfig, world: WorldConfig, progress: bool = Tr
     losses, start = [], time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="world ViT (contrastive)", disable=not progress, leave=False)
     for step in bar:
+        follow_load()
         images, media = stream.batch(cfg.batch_size)
         loss = loss_fn(
             model.encode_image(images),
@@ -345,6 +347,7 @@ def pretrain_expert(cfg: ExpertPretrainConfig, world: WorldConfig, progress: boo
     losses, start = [], time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="world expert (ConvNet)", disable=not progress, leave=False)
     for step in bar:
+        follow_load()
         images, media = stream.batch(cfg.batch_size)
         logits, targets = model(images), expert_targets(media)
         loss = sum(F.cross_entropy(logits[k], targets[k], ignore_index=-100) for k in HEADS)
