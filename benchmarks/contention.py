@@ -27,6 +27,7 @@ itself contended (the report records the load average).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -69,6 +70,7 @@ def parse_setting(text: str) -> dict[str, str]:
     return env
 
 
+@functools.cache
 def torch_default_threads() -> int:
     """torch's own intra-op thread count in a fresh process of this environment (what ``default`` fixes)."""
     out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
