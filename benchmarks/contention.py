@@ -114,7 +114,8 @@ def worker(seconds: float, warmup_s: float = WARMUP_S) -> dict[str, float]:
     while time.perf_counter() - start < seconds:
         step()
         steps += 1
-    return {"steps_per_s": steps / (time.perf_counter() - start), "threads": torch.get_num_threads()}
+    return {"steps_per_s": steps / (time.perf_counter() - start), "threads": torch.get_num_threads(),
+            "thread_changes": governor.changes if governor is not None else 0}
 
 
 def start_competitor(kind: str) -> subprocess.Popen:

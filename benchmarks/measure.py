@@ -15,16 +15,15 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
-import os
 import statistics
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.benchmark import Timer
+
+from experiments.analysis.tensor_memory import peak_tensor_bytes, stderr_silenced
 
 Call = Callable[[], Any]
 
@@ -163,7 +162,7 @@ def time_shares(fn: Call, settings: Settings, top: int = 3) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if settings.device.type == "cuda" else [])
-    with _stderr_silenced(), profile(activities=activities) as prof:
+    with stderr_silenced(), profile(activities=activities) as prof:
         with precision(settings):
             fn()
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
@@ -181,46 +180,12 @@ def memory_method(device: torch.device) -> str:
 
 def peak_memory_bytes(fn: Call, settings: Settings) -> int | None:
     """Peak tensor memory the call adds on top of what existed before it (``None`` if it cannot be measured)."""
-    if settings.device.type == "cuda":
-        torch.cuda.synchronize(settings.device)
-        torch.cuda.reset_peak_memory_stats(settings.device)
-        before = torch.cuda.memory_allocated(settings.device)
+
+    def call() -> None:
         with precision(settings):
             fn()
-        torch.cuda.synchronize(settings.device)
-        return torch.cuda.max_memory_allocated(settings.device) - before
-    if settings.device.type != "cpu":
-        return None
-    from torch.profiler import ProfilerActivity, profile
 
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _stderr_silenced():  # kineto logs every start and stop on the C stderr
-        prof.start()
-    try:
-        with precision(settings):
-            fn()
-    finally:
-        with _stderr_silenced():
-            prof.stop()
-    events = prof.profiler.kineto_results.events() if prof.profiler is not None else []
-    allocations = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
-    if not allocations:
-        return None
-    return max(0, max(itertools.accumulate(n for _, n in allocations)))
-
-
-@contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null (C-level logging included) for the duration."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    return peak_tensor_bytes(call, settings.device)
 
 
 def parity(ours: torch.Tensor, reference: torch.Tensor, atol: float, rtol: float) -> dict[str, Any]:

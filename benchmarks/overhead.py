@@ -35,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,6 +290,21 @@ def write_outputs(result: dict[str, Any], out: Path, name: str, markdown: str) -
     return out / f"{name}.json", out / f"{name}.md"
 
 
+def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str]) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
+def publish(result: dict[str, Any], module: str, argv: Sequence[str] | None,
+            render: Callable[[dict[str, Any], str], str], out: Path, name: str) -> None:
+    """Record the command line in ``result``, write ``<out>/<name>.json`` and ``.md`` atomically, print the markdown."""
+    result["command"] = (f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    markdown = render(result, result["command"])
+    write_outputs(result, out, name, markdown)
+    print(markdown, end="")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help=f"config overrides after {' '.join(DEFAULT_OVERRIDES)}")
@@ -300,17 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=8, help="distinct micro-batches held in memory")
     parser.add_argument("--out", default="benchmarks/results", help="folder for overhead.json / overhead.md")
     args = parser.parse_args(argv)
-    for name in ("blocks", "block_steps", "batches"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_positive(parser, args, ("blocks", "block_steps", "batches"))
     overrides = with_defaults(args.overrides)
     schedule = Schedule(warmup=max(0, args.warmup), blocks=args.blocks, block_steps=args.block_steps)
     result = run_overhead(overrides, schedule, args.batches, args.threads or None)
-    command = "python -m benchmarks.overhead " + " ".join(sys.argv[1:] if argv is None else argv)
-    result["command"] = command.strip()
-    markdown = to_markdown(result, result["command"])
-    write_outputs(result, Path(args.out), "overhead", markdown)
-    print(markdown, end="")
+    publish(result, "benchmarks.overhead", argv, to_markdown, Path(args.out), "overhead")
     return 0
 
 

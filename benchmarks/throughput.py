@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -38,8 +37,9 @@ from benchmarks.overhead import (
     Prepared,
     machine_info,
     prepare,
+    publish,
+    require_positive,
     with_defaults,
-    write_outputs,
 )
 from experiments.harness import feature_cache
 from experiments.harness.config import compose
@@ -202,15 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=8, help="distinct micro-batches held in memory")
     parser.add_argument("--out", default="benchmarks/results", help="folder for throughput.json / throughput.md")
     args = parser.parse_args(argv)
-    for name in ("rounds", "block_steps", "split_steps", "batches"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_positive(parser, args, ("rounds", "block_steps", "split_steps", "batches"))
     result = run_throughput(args.bridges, with_defaults(args.overrides), args.rounds, args.block_steps,
                             max(0, args.warmup), args.split_steps, args.batches, args.threads or None)
-    result["command"] = ("python -m benchmarks.throughput " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    markdown = to_markdown(result, result["command"])
-    write_outputs(result, Path(args.out), "throughput", markdown)
-    print(markdown, end="")
+    publish(result, "benchmarks.throughput", argv, to_markdown, Path(args.out), "throughput")
     return 0
 
 

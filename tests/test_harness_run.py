@@ -30,6 +30,8 @@ def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert record["git"]["sha"] and record["versions"]["torch"]
     assert record["versions"]["lightning"]
     assert record["versions"]["transformers"] == transformers.__version__  # issue 8: the release the run used
+    # the tests fix one thread (conftest: BRIDGELAB_THREADS=1), so the governor never changed it
+    assert record["threads"] == {"policy": "1", "torch_threads": 1, "changes": []}
     assert [s["name"] for s in record["stages"]] == ["align"]
     assert record["stages"][0]["batch"] == {"effective": 8, "micro": 8, "accumulation": 1, "world_size": 1}
     assert set(record["metrics"]) == {"train/loss", "eval/colour/exact_match", "eval/pair/exact_match",

@@ -42,6 +42,18 @@ def test_threads_drop_when_another_process_takes_a_core_and_come_back_when_it_st
     assert g.tick() == 2 and m.applied == [1, 2]
 
 
+def test_a_partial_load_changes_nothing_until_it_is_clear() -> None:
+    m = FakeMachine()
+    g = m.governor()
+    g.tick()
+    m.run(5.0, others=0.6, mine=2.0)  # a burst: 1.4 free cores is not clearly fewer than 2
+    assert g.tick() == 2 and m.applied == []
+    m.run(5.0, others=0.8, mine=1.5)
+    assert g.tick() == 1 and g.changes == 1
+    m.run(5.0, others=0.4, mine=1.0)  # 1.6 free cores is not clearly 2 either
+    assert g.tick() == 1 and m.applied == [1]
+
+
 def test_ticks_inside_the_interval_only_read_the_clock() -> None:
     m = FakeMachine()
     g = m.governor()
@@ -105,3 +117,19 @@ def test_follow_load_uses_one_process_wide_governor(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("BRIDGELAB_THREADS", str(torch.get_num_threads()))
     assert threads.follow_load() == torch.get_num_threads()
     assert threads._GOVERNOR == [None]  # a fixed count: no governor, the count applied once
+
+
+def test_the_run_record_lists_the_changes_since_the_run_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = FakeMachine()
+    g = m.governor()
+    monkeypatch.setattr(threads, "_GOVERNOR", [g])
+    monkeypatch.setenv("BRIDGELAB_THREADS", "auto")
+    g.tick()
+    m.run(5.0, others=1.0, mine=1.0)
+    g.tick()  # a change at t=5, before the run
+    started = m.t + 0.01  # the run starts just after that change
+    m.run(7.0, others=0.0, mine=1.0)
+    g.tick()  # and one 7 s into it
+    record = threads.thread_record(started)
+    assert record["policy"] == "auto" and record["changes"] == [[7.0, 2]]
+    assert record["torch_threads"] == torch.get_num_threads()  # the fake never touched torch

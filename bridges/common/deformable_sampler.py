@@ -183,7 +183,8 @@ def ms_deform_sample_backward(
     m = grad.shape[2] // d
     r = n * lq * m
     g = grad.reshape(r, d).contiguous()
-    grad_value = table.new_zeros(n, sum(h * w for h, w in levels), m, d)
+    # every cell is written below when there are points (each run's cells are one torch.add's output)
+    grad_value = (table.new_empty if need_value and r else table.new_zeros)(n, sum(h * w for h, w in levels), m, d)
     make = table.new_empty if need_geometry else table.new_zeros
     grad_loc, grad_w = make(r, n_levels, n_points, 2), make(r, n_levels, n_points)
     row0 = cell0 = 0
@@ -239,10 +240,10 @@ def _scatter_value_grad(cells: Tensor, g: Tensor, index: Tensor, corner_weights:
     ``index (R, G, P, 4)``, ``corner_weights (4, R, G, P)``.
     """
     per_bag = index.shape[1] * index.shape[2]
-    sorted_keys, order = torch.sort(index[..., 0].reshape(-1), stable=True)
-    offsets = torch.searchsorted(
-        sorted_keys, torch.arange(rows, dtype=index.dtype), out_int32=index.dtype == torch.int32
-    )
+    keys = index[..., 0].reshape(-1)
+    order = torch.sort(keys, stable=True).indices
+    counts = torch.bincount(keys, minlength=rows)  # bag ``row`` starts after every point of a smaller row
+    offsets = (counts.cumsum(0) - counts).to(index.dtype)
     bag_input = (order // per_bag).to(index.dtype)  # the point's bag r, i.e. its row of g
     weights = corner_weights.reshape(4, -1).index_select(1, order)
     n, count, h, w = cells.shape[:4]

@@ -27,11 +27,10 @@ over seeds), the last N each bridge reached marked.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ import torch  # noqa: E402
 
 from experiments.analysis.figure_verdicts import DEFAULT_NS  # noqa: E402
 from experiments.analysis.load import find_run_dirs  # noqa: E402
+from experiments.analysis.tensor_memory import peak_tensor_bytes  # noqa: E402
 
 ROW_FILE = "curve_row.json"  # beside each N's evaluation: a rerun after an interruption reuses finished Ns
 COLUMNS = ("run", "bridge", "seed", "n_images", "status", "reason", "exact_match", "n", "chance", "random_image",
@@ -63,39 +63,6 @@ class CurveConfig:
     task: str = "distractor"
     work_dir: Path = Path("runs/curves")
     device: str = "cpu"
-
-
-def peak_tensor_bytes(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak tensor memory ``fn()`` adds (CUDA: ``max_memory_allocated``; CPU: profiler allocations minus frees)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - before)
-    from itertools import accumulate
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()  # kineto logs every profiler start and stop on the C-level stderr
-    events = prof.profiler.kineto_results.events() if prof.profiler is not None else []
-    sizes = [e.nbytes() for e in sorted(events, key=lambda e: e.start_ns()) if e.name() == "[memory]"]
-    return int(max(0, max(accumulate(sizes), default=0)))
-
-
-@contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def eval_overrides(cfg: CurveConfig, n: int) -> list[str]:
@@ -165,7 +132,7 @@ def run_curve(run_dir: Path, cfg: CurveConfig, work: Path) -> list[dict[str, Any
                 break
             batch = loaded.collate(probe[:1]).to(device)
             with torch.no_grad():
-                peak = peak_tensor_bytes(lambda: model(batch), device)
+                peak = peak_tensor_bytes(lambda: model(batch), device) or 0
             row["peak_tensor_mib"] = peak / 2**20
             if peak > budget:
                 reason = (f"memory: one sample's forward needs {peak / 2**30:.2f} GiB > the {cfg.memory_gib:g} GiB "

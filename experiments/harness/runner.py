@@ -38,7 +38,7 @@ from experiments.harness.callbacks import (
     Throughput,
     save_checkpoint_atomic,
 )
-from experiments.harness.threads import ThreadFollower
+from experiments.harness.threads import ThreadFollower, follow_load, thread_record
 from experiments.harness.config import (
     EVAL_KEYS,
     RunConfig,
@@ -143,7 +143,8 @@ def _run_locked(config: RunConfig, rd: RunDir, zero: bool) -> RunResult:
             return RunResult(rd.path, STATUS_FINISHED, previous.get("metrics", {}), skipped=True)
         log.info("%s: trained already; evaluating again with the new evaluation settings", rd.path)
         reevaluate = True
-    started = time.time()
+    started, started_clock = time.time(), time.monotonic()
+    follow_load()  # the process-wide thread governor exists before the run's first record
     if zero:
         rd.update(
             name=config.name,
@@ -157,6 +158,7 @@ def _run_locked(config: RunConfig, rd: RunDir, zero: bool) -> RunResult:
             tags=dict(config.tags),
             git=git_info(),
             versions=package_versions(),
+            threads=thread_record(started_clock),
             host=os.uname().nodename,
             pid=os.getpid(),
             started=now_iso(),
@@ -179,7 +181,8 @@ def _run_locked(config: RunConfig, rd: RunDir, zero: bool) -> RunResult:
                     os._exit(err.exit_code)
         raise
     if zero:
-        rd.update(status=STATUS_FINISHED, metrics=metrics, finished=now_iso(), duration_s=time.time() - started)
+        rd.update(status=STATUS_FINISHED, metrics=metrics, finished=now_iso(), duration_s=time.time() - started,
+                  threads=thread_record(started_clock))
     return RunResult(rd.path, STATUS_FINISHED, metrics)
 
 

@@ -9,7 +9,8 @@ One thread alone, though, costs about a third of the idle speed. So the number o
 - every ``interval_s`` seconds, the CPU time used by *other* processes is the machine's busy time (``/proc/stat``)
   minus this process's own (``time.process_time``), per second of wall time: how many cores others keep busy;
 - the thread count becomes the cores left to us (rounded), between 1 and the count torch started with (which
-  honours ``OMP_NUM_THREADS``); it is changed only when that number changes.
+  honours ``OMP_NUM_THREADS``); it is changed only when the free cores differ from the current count by more than
+  ``HYSTERESIS`` (0.75), so a short burst elsewhere (a compile, a file copy) does not take a thread away.
 
 ``BRIDGELAB_THREADS=auto`` (the default) turns this on; ``BRIDGELAB_THREADS=N`` fixes N threads for the whole process
 and never changes them. Where ``/proc/stat`` does not exist (macOS, Windows) the count stays as torch set it.
@@ -31,6 +32,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 ENV = "BRIDGELAB_THREADS"
+HYSTERESIS = 0.75  # cores: change the count only when the free cores differ from it by more (no flapping on bursts)
 PROC_STAT = Path("/proc/stat")
 
 
@@ -67,6 +69,8 @@ class ThreadGovernor:
     set_threads: Callable[[int], None] = torch.set_num_threads
     threads: int = field(init=False)
     others: float = field(init=False, default=0.0)
+    changes: int = field(init=False, default=0)
+    history: list[tuple[float, int]] = field(init=False, default_factory=list)  # (clock, new count) per change
     _last: tuple[float, float, float] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,10 +92,13 @@ class ThreadGovernor:
         if self._last is not None:
             wall = now[0] - self._last[0]
             self.others = max(0.0, ((now[1] - self._last[1]) - (now[2] - self._last[2])) / wall)
-            wanted = min(self.max_threads, max(1, round(self.cores - self.others)))
-            if wanted != self.threads:
+            free = self.cores - self.others
+            wanted = min(self.max_threads, max(1, round(free)))
+            if wanted != self.threads and abs(free - self.threads) > HYSTERESIS:
                 self.set_threads(wanted)
                 self.threads = wanted
+                self.changes += 1
+                self.history.append((now[0], wanted))
         self._last = now
         return self.threads
 
@@ -117,6 +124,16 @@ def follow_load() -> int:
         _GOVERNOR.append(governor_from_env())
     governor = _GOVERNOR[0]
     return governor.tick() if governor is not None else torch.get_num_threads()
+
+
+def thread_record(since: float | None = None) -> dict[str, Any]:
+    """What ``run.json`` records (``threads``): the policy, torch's thread count now, and the governor's changes
+    since ``since`` (a ``time.monotonic()`` value) as ``[seconds after it, new count]``. The count changes the
+    floating-point summation order, so two runs of one config agree bit for bit only with the same counts."""
+    governor = _GOVERNOR[0] if _GOVERNOR else None
+    start = since if since is not None else 0.0
+    changes = [[round(t - start, 1), n] for t, n in (governor.history if governor else []) if t >= start]
+    return {"policy": os.environ.get(ENV, "auto"), "torch_threads": torch.get_num_threads(), "changes": changes}
 
 
 class ThreadFollower(Callback):
