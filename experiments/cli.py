@@ -6,6 +6,7 @@ Commands::
     bridgelab sweep [OVERRIDES...]        a multirun, e.g. bridge=mlp,qformer seed=0,1 launcher=joblib
     bridgelab demo  [OVERRIDES...]        the quick ablation (every bridge x tasks x 3 seeds), then its table and plots
     bridgelab table RUNS_DIR [--format markdown|latex]   mean +- std over seeds per bridge and task
+    bridgelab report RUNS_DIR [--out DIR]  a sweep's table.md (with separation), scores.csv and plots
     bridgelab params [--tolerance 0.01]   each paper preset built on the meta device vs its published size
     bridgelab params OVERRIDES...         trainable params of each bridge of a sweep, e.g. experiment=matched_params
     bridgelab eval RUN_DIR [data=...] [eval.tasks=...] [--out DIR]   score a run without training
@@ -23,11 +24,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-COMMANDS = ("train", "sweep", "demo", "table", "params", "eval", "export-world")
-# per-run scores the demo writes beside its table (RUNS_DIR/scores.csv)
-DEMO_SCORE_COLUMNS = ("bridge", "task", "seed", "exact_match", "n", "chance", "random_image", "text_ceiling", "status")
+COMMANDS = ("train", "sweep", "demo", "table", "report", "params", "eval", "export-world")
 
 
 def _usage() -> str:
@@ -39,35 +37,14 @@ def _table(argv: Sequence[str]) -> int:
     parser.add_argument("runs_dir")
     parser.add_argument("--format", choices=("markdown", "latex"), default="markdown")
     args = parser.parse_args(list(argv))
+    from experiments.analysis.sweep_report import results_table
+
     try:
         print(results_table(args.runs_dir, args.format))
     except (ValueError, FileNotFoundError) as err:
         print(f"bridgelab table: {err}", file=sys.stderr)
         return 1
     return 0
-
-
-def results_table(runs_dir: str, fmt: str = "markdown") -> str:
-    """Mean +- std over seeds per bridge, task and differing config key, with the budget columns.
-
-    Raises:
-        ValueError: no run under ``runs_dir`` has finished (the message lists the others and their errors).
-    """
-    from experiments.analysis import load_runs, summarize, to_latex, to_markdown
-
-    df = load_runs(runs_dir)
-    if df.empty:
-        raise ValueError(f"{runs_dir} holds no run directory (no run.json below it).")
-    unfinished = df[df["status"] != "finished"].drop_duplicates("run_dir")
-    report = f"{len(unfinished)} run(s) not finished: " + ", ".join(
-        f"{r.run} ({r.status}{': ' + str(r.error) if isinstance(r.error, str) and r.error else ''})"
-        for r in unfinished.itertuples()
-    )
-    if not (df["status"] == "finished").any():
-        raise ValueError(f"no finished run under {runs_dir} to tabulate. {report}")
-    table = summarize(df)
-    text = to_markdown(table) if fmt == "markdown" else to_latex(table)
-    return text + (f"\n\n{report}" if len(unfinished) else "")
 
 
 def _params(argv: Sequence[str]) -> int:
@@ -91,33 +68,30 @@ def _params(argv: Sequence[str]) -> int:
 
 
 def _demo(argv: Sequence[str]) -> int:
+    from experiments.analysis.sweep_report import write_sweep_report
     from experiments.harness.app import launch
     from experiments.harness.config import compose
 
     overrides = ["experiment=quick_ablation", *argv]
     status = launch(overrides, multirun=True)
     plain = [o for o in overrides if "," not in o.partition("=")[2] and not o.startswith(("hydra", "--"))]
-    runs_dir = str(compose(plain).run_dir)
-    table = results_table(runs_dir)
-    print(table)
-    from experiments.analysis import load_runs, plot_learning_curves, plot_tradeoffs
-
-    from experiments.analysis.separation import separation, separation_markdown
-
-    df = load_runs(runs_dir)
-    finished = df[df["status"] == "finished"]
-    separated = separation_markdown(separation(finished)) if not finished.empty else ""
-    print(separated)
-    (Path(runs_dir) / "table.md").write_text(table + "\n\n" + separated + "\n")
-    columns = [c for c in DEMO_SCORE_COLUMNS if c in df]
-    df[df["task"].notna()][columns].sort_values(["bridge", "task", "seed"]).to_csv(
-        Path(runs_dir) / "scores.csv", index=False
-    )
-    print(f"wrote {Path(runs_dir) / 'table.md'} and {Path(runs_dir) / 'scores.csv'} (one row per run and task)")
-    plots = Path(runs_dir) / "plots"
-    for path in [*plot_tradeoffs(df, plots), plot_learning_curves(df, plots / "learning_curves.png")]:
-        print(f"wrote {path}")
+    write_sweep_report(str(compose(plain).run_dir))
     return status
+
+
+def _report(argv: Sequence[str]) -> int:
+    from experiments.analysis.sweep_report import STUDY_PLOTS, STUDY_SCORE_COLUMNS, write_sweep_report
+
+    parser = argparse.ArgumentParser(prog="bridgelab report", description="table.md, scores.csv and plots of a sweep")
+    parser.add_argument("runs_dir")
+    parser.add_argument("--out", default=None, help="folder for the files (default: RUNS_DIR itself)")
+    args = parser.parse_args(list(argv))
+    try:
+        write_sweep_report(args.runs_dir, args.out, STUDY_PLOTS, STUDY_SCORE_COLUMNS)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"bridgelab report: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _quiet_model_loading() -> None:
@@ -163,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _interruptible(command, rest)
         if command == "table":
             return _table(rest)
+        if command == "report":
+            return _report(rest)
         if command == "export-world":
             from experiments.world.export import main as export_main
 

@@ -26,6 +26,15 @@ def test_a_task_separates_only_when_the_spread_beats_three_stds():
     assert sep.loc["wide", "n"] == 3
 
 
+def test_a_bridges_swept_variants_are_compared_not_pooled():
+    df = _runs({("a", "t"): [0.9, 0.9], ("b", "t"): [0.5, 0.5]})
+    df["cfg.bridge.num_tokens"] = [16, 16, 4, 4]
+    df.loc[df["bridge"] == "b", "bridge"] = "a"  # one bridge, two token counts: two entries, not one mean of 0.7
+    sep = separation(df).set_index("task")
+    assert sep.loc["t", "best"] == "a bridge.num_tokens=16" and sep.loc["t", "worst"] == "a bridge.num_tokens=4"
+    assert abs(sep.loc["t", "spread"] - 0.4) < 1e-9 and bool(sep.loc["t", "separates"])
+
+
 def test_a_bridge_at_chance_is_flagged_and_the_markdown_says_so():
     df = _runs({("a", "t"): [0.9, 0.9], ("b", "t"): [0.2, 0.2]}, chance=0.25)
     sep = separation(df)

@@ -136,3 +136,43 @@ def plot_gates(run_dir: str | os.PathLike[str], out_path: str | os.PathLike[str]
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_token_curves(df: pd.DataFrame, out_path: str | os.PathLike[str], metric: str = "exact_match",
+                      x: str = "visual_tokens_per_media") -> Path | None:
+    """Accuracy against the visual-token count, a panel per task and a line per bridge (mean ± std over seeds).
+
+    Only bridges whose runs differ in ``x`` get a line; those with one count are drawn as single points for
+    reference. Returns None when no bridge varies ``x`` (nothing to draw).
+    """
+    if x not in df or df.empty:
+        return None
+    table = summarize(df, metric=metric)
+    counts = table.groupby("bridge")[x].nunique()
+    if not (counts > 1).any():
+        return None
+    tasks = sorted(table["task"].dropna().unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks) + 1.6, 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = table[table["task"] == task]
+        for i, (bridge, line) in enumerate(rows.sort_values(x).groupby("bridge", sort=True)):
+            ax.errorbar(line[x], line[f"{metric}_mean"], yerr=line[f"{metric}_std"].fillna(0), capsize=3,
+                        marker="osD^v<>ph*"[i % 10], color=f"C{i % 10}", label=bridge,
+                        linestyle="-" if counts[bridge] > 1 else "none")
+        for level, style in (("chance", ":"), ("text_ceiling", "--")):
+            if level in rows and rows[level].notna().any():
+                ax.axhline(float(rows[level].dropna().iloc[0]), color="grey", linestyle=style, linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_title(task)
+        ax.set_xlabel(AXES.get(x, x))
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.subplots_adjust(right=1 - 1.5 / fig.get_figwidth(), bottom=0.16, wspace=0.3)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -16,9 +16,12 @@ def separation(df: pd.DataFrame, metric: str = "exact_match", factor: float = 3.
     """One row per task: ``best``, ``worst``, ``spread``, ``max_std``, ``separates``, ``all_above_chance``, ``n``.
 
     ``df`` is :func:`experiments.analysis.load_runs` output (finished runs; one row per run and task); the means and
-    stds are over seeds per bridge (:func:`summarize`). ``n`` is the smallest number of seeds behind a bridge mean.
+    stds are over seeds per bridge and config (:func:`summarize`: a sweep over a bridge setting gives one entry per
+    value, named ``bridge key=value``). ``n`` is the smallest number of seeds behind a mean.
     """
-    table = summarize(df, by=["bridge", "task"], metric=metric)
+    table = summarize(df, metric=metric)
+    variants = [k for k in table.attrs["group_keys"] if k not in ("bridge", "task")]
+    table["bridge"] = [" ".join([str(r["bridge"]), *(f"{k}={r[k]}" for k in variants)]) for _, r in table.iterrows()]
     rows = []
     for task, group in table.groupby("task", sort=True):
         mean, std = group[f"{metric}_mean"], group[f"{metric}_std"].fillna(0.0)
