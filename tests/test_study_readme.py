@@ -1,0 +1,50 @@
+"""The README's "bridgelab's own study" commands, exactly as printed: each sweep composes to the experiment it names
+(with its run directory), and each report command, run in a folder whose ``runs/`` holds a tiny finished sweep of
+that experiment, writes the table, the scores and the plots where the README says."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments.cli import main
+from experiments.harness.config import compose
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TINY = ["world=tiny", "data.train_size=16", "data.eval_size=6", "data.tasks=[attribute]", "stages.align.max_steps=2",
+        "train.effective_batch_size=4", "eval.batch_size=6", "trainer.progress_bar=false", "seed=0"]
+
+
+def study_commands() -> list[list[str]]:
+    section = README.read_text().split("## bridgelab's own study", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert blocks, "the study section lost its command blocks"
+    return [shlex.split(line) for block in blocks for line in block.strip().splitlines()]
+
+
+def test_each_sweep_is_followed_by_a_report_on_its_run_directory() -> None:
+    commands = study_commands()
+    assert [c[:2] for c in commands] == [["bridgelab", "sweep"], ["bridgelab", "report"]] * (len(commands) // 2)
+    for sweep, report in zip(commands[::2], commands[1::2]):
+        run_dir = compose(sweep[2:]).run_dir
+        assert report[2] == str(run_dir) and report[3] == "--out" and report[4].startswith("results/study/")
+
+
+@pytest.mark.slow
+def test_the_report_commands_write_the_files_the_readme_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    commands = study_commands()
+    for sweep, report in zip(commands[::2], commands[1::2]):
+        experiment = next(a for a in sweep if a.startswith("experiment="))
+        assert main(["sweep", experiment, "bridge=mlp,hyper_attention", *TINY]) == 0  # a tiny run of that sweep
+        assert main(report[1:]) == 0
+        out = tmp_path / report[4]
+        scores = pd.read_csv(out / "scores.csv")
+        assert set(scores["bridge"]) == {"mlp", "hyper_attention"} and "trainable_params" in scores
+        assert "| task | best | worst |" in (out / "table.md").read_text()
+        assert (out / "plots" / "exact_match_vs_flops_per_sample.png").exists()
