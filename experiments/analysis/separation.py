@@ -12,6 +12,11 @@ import pandas as pd
 from experiments.analysis.tables import summarize
 
 
+def _value(v: object) -> object:
+    """16.0 -> 16 (a column with gaps is float in pandas), anything else unchanged."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def separation(df: pd.DataFrame, metric: str = "exact_match", factor: float = 3.0) -> pd.DataFrame:
     """One row per task: ``best``, ``worst``, ``spread``, ``max_std``, ``separates``, ``all_above_chance``, ``n``.
 
@@ -21,7 +26,8 @@ def separation(df: pd.DataFrame, metric: str = "exact_match", factor: float = 3.
     """
     table = summarize(df, metric=metric)
     variants = [k for k in table.attrs["group_keys"] if k not in ("bridge", "task")]
-    table["bridge"] = [" ".join([str(r["bridge"]), *(f"{k}={r[k]}" for k in variants)]) for _, r in table.iterrows()]
+    table["bridge"] = [" ".join([str(r["bridge"]), *(f"{k}={_value(r[k])}" for k in variants if not pd.isna(r[k]))])
+                       for _, r in table.iterrows()]
     rows = []
     for task, group in table.groupby("task", sort=True):
         mean, std = group[f"{metric}_mean"], group[f"{metric}_std"].fillna(0.0)
