@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -54,23 +55,10 @@ def plot_tradeoffs(
                 std = row[f"{metric}_std"]
                 ax.errorbar(row[x], row[f"{metric}_mean"], yerr=0 if pd.isna(std) else std, fmt=marker,
                             color=colour, capsize=3, label=row["label"])
-            for level, line in (("chance", ":"), ("text_ceiling", "--")):
-                if level in rows and rows[level].notna().any():
-                    ax.axhline(rows[level].mean(), color="grey", linestyle=line, linewidth=1, label=level)
             if x in LOG_AXES and rows[x].nunique() > 1:
                 ax.set_xscale("log")
-            ax.set_title(task)
-            ax.set_xlabel(AXES.get(x, x))
-            ax.set_ylabel(metric)
-            ax.set_ylim(0, 1.05)
-            ax.grid(alpha=0.3)
-        handles, labels = axes[0][-1].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
-        fig.subplots_adjust(right=1 - 1.5 / fig.get_figwidth(), bottom=0.16, wspace=0.3)
-        path = out / f"{metric}_vs_{x}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+            _finish_panel(ax, rows, task, x, metric, level_labels=True)
+        written.append(_save_with_legend(fig, axes, out / f"{metric}_vs_{x}.png"))
     return written
 
 
@@ -159,20 +147,30 @@ def plot_token_curves(df: pd.DataFrame, out_path: str | os.PathLike[str], metric
             ax.errorbar(line[x], line[f"{metric}_mean"], yerr=line[f"{metric}_std"].fillna(0), capsize=3,
                         marker="osD^v<>ph*"[i % 10], color=f"C{i % 10}", label=bridge,
                         linestyle="-" if counts[bridge] > 1 else "none")
-        for level, style in (("chance", ":"), ("text_ceiling", "--")):
-            if level in rows and rows[level].notna().any():
-                ax.axhline(float(rows[level].dropna().iloc[0]), color="grey", linestyle=style, linewidth=1)
         ax.set_xscale("log", base=2)
-        ax.set_title(task)
-        ax.set_xlabel(AXES.get(x, x))
-        ax.set_ylabel(metric)
-        ax.set_ylim(0, 1.05)
-        ax.grid(alpha=0.3)
+        _finish_panel(ax, rows, task, x, metric, level_labels=False)
+    return _save_with_legend(fig, axes, Path(out_path))
+
+
+def _finish_panel(ax: Any, rows: pd.DataFrame, task: str, x: str, metric: str, level_labels: bool) -> None:
+    """Chance and text-only ceiling as grey lines, title, axis labels, 0-1 range and grid of one task's panel."""
+    for level, style in (("chance", ":"), ("text_ceiling", "--")):
+        if level in rows and rows[level].notna().any():
+            ax.axhline(rows[level].mean(), color="grey", linestyle=style, linewidth=1,
+                       label=level if level_labels else None)
+    ax.set_title(task)
+    ax.set_xlabel(AXES.get(x, x))
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+
+
+def _save_with_legend(fig: Any, axes: Any, path: Path) -> Path:
+    """One legend right of the panels (from the last one), then the PNG at ``path``."""
     handles, labels = axes[0][-1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
     fig.subplots_adjust(right=1 - 1.5 / fig.get_figwidth(), bottom=0.16, wspace=0.3)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return out
+    return path

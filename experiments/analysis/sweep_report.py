@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from experiments.analysis.load import load_runs
 from experiments.analysis.plots import plot_learning_curves, plot_token_curves, plot_tradeoffs
 from experiments.analysis.separation import separation, separation_markdown
@@ -29,7 +31,10 @@ def results_table(runs_dir: str | Path, fmt: str = "markdown") -> str:
     Raises:
         ValueError: no run under ``runs_dir`` has finished (the message lists the others and their errors).
     """
-    df = load_runs(runs_dir)
+    return _table_text(load_runs(runs_dir), runs_dir, fmt)
+
+
+def _table_text(df: pd.DataFrame, runs_dir: str | Path, fmt: str) -> str:
     if df.empty:
         raise ValueError(f"{runs_dir} holds no run directory (no run.json below it).")
     unfinished = df[df["status"] != "finished"].drop_duplicates("run_dir")
@@ -51,9 +56,9 @@ def write_sweep_report(runs_dir: str | Path, out_dir: str | Path | None = None,
     sweep's own directory). Returns the written paths."""
     out = Path(out_dir if out_dir is not None else runs_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = results_table(runs_dir)
-    print(table)
     df = load_runs(runs_dir)
+    table = _table_text(df, runs_dir, "markdown")
+    print(table)
     finished = df[df["status"] == "finished"]
     separated = separation_markdown(separation(finished)) if not finished.empty else ""
     print(separated)
