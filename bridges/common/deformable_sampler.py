@@ -248,11 +248,13 @@ def _scatter_value_grad(cells: Tensor, g: Tensor, index: Tensor, corner_weights:
     weights = corner_weights.reshape(4, -1).index_select(1, order)
     n, count, h, w = cells.shape[:4]
     padded = (n, count, h + 2, w + 2, *cells.shape[4:])
-    parts = [
-        F.embedding_bag(bag_input, g, offsets, mode="sum", per_sample_weights=weights[c]).view(padded) for c in range(4)
-    ]
-    torch.add(parts[0][:, :, 1:-1, 1:-1], parts[1][:, :, 1:-1, :-2], out=cells)
-    cells.add_(parts[2][:, :, :-2, 1:-1]).add_(parts[3][:, :, :-2, :-2])
+    # one corner at a time, each freed before the next: four live padded tables would be fresh pages (page
+    # faults) on every call, while one freed and reallocated at the same size is reused by the allocator
+    for c, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        part = F.embedding_bag(bag_input, g, offsets, mode="sum", per_sample_weights=weights[c]).view(padded)
+        shifted = part[:, :, 1 - dy : h + 1 - dy, 1 - dx : w + 1 - dx]
+        cells.copy_(shifted) if c == 0 else cells.add_(shifted)
+        del part, shifted
 
 
 @ms_deform_sample_backward.register_fake
