@@ -1,13 +1,14 @@
-"""Multi-scale deformable attention (Deformable DETR, Zhu et al. 2021) in pure PyTorch.
+"""Multi-scale deformable attention (Deformable DETR, Zhu et al. 2021) without its CUDA op.
 
 Each query looks at ``n_points`` learned sampling locations per head and per feature level, around its reference
 point, and takes a softmax-weighted sum of the bilinearly sampled values. Used by MMFuser (``bridges/mmfuser.py``).
 
 * :func:`ms_deform_attn_core` is numerically Deformable-DETR's ``ms_deform_attn_core_pytorch`` (and transformers'
-  ``MultiScaleDeformableAttention``), with no compiled CUDA op. On CPU (float32/float64) it is one weighted gather
-  with a sparse-kernel backward (:mod:`bridges.common.deformable_sampler`, ~2x faster fwd+bwd); elsewhere one
-  ``F.grid_sample`` call for all levels, heads, points and samples when the levels share one shape (MMFuser: every
-  level is the same ViT grid), otherwise one call per level.
+  ``MultiScaleDeformableAttention``), with no compiled CUDA op. On CPU (float32/float64) it runs compiled loops
+  (:mod:`bridges.common.deformable_numba`, numba), or without numba one weighted gather with a sparse-kernel
+  backward (:mod:`bridges.common.deformable_sampler`); elsewhere one ``F.grid_sample`` call for all levels, heads,
+  points and samples when the levels share one shape (MMFuser: every level is the same ViT grid), otherwise one
+  call per level.
 * :class:`MSDeformAttn` is the reference module, with the reference parameter names (``sampling_offsets``,
   ``attention_weights``, ``value_proj``, ``output_proj``) and initialisation, so Deformable-DETR, MMFuser and
   transformers' ``DeformableDetrMultiscaleDeformableAttention`` state dicts load 1:1
@@ -29,13 +30,19 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from bridges.common import deformable_sampler
+from bridges.common import deformable_numba, deformable_sampler
 
 SpatialShapes = Sequence[tuple[int, int]]
 
 #: FLOPs per output element of ``grid_sample`` by interpolation mode (0 bilinear, 1 nearest, 2 bicubic): the
 #: multiply-adds that combine the 4 (bilinear) or 16 (bicubic) neighbours; index arithmetic is not counted.
 GRID_SAMPLE_FLOPS = {0: 8, 1: 0, 2: 32}
+
+#: CPU samplers in the order ``auto`` tries them: (module with ``supported`` and ``SUPPORTED_DTYPES``, sampler)
+_CPU_SAMPLERS = {
+    "numba": (deformable_numba, deformable_numba.compiled_sample),
+    "gather": (deformable_sampler, deformable_sampler.gather_sample),
+}
 
 
 def _as_shapes(spatial_shapes: SpatialShapes | torch.Tensor) -> list[tuple[int, int]]:
@@ -60,8 +67,9 @@ def ms_deform_attn_core(
         sampling_locations: ``(N, Lq, M, L, P, 2)`` normalised ``(x, y)``; ``(0, 0)`` is the top-left corner of
             the map and ``(1, 1)`` the bottom-right one (``align_corners=False`` convention); outside samples read 0.
         attention_weights: ``(N, Lq, M, L, P)``, already normalised over ``(L, P)``.
-        implementation: ``gather`` (:mod:`bridges.common.deformable_sampler`; CPU, float32/float64),
-            ``grid_sample``, or ``auto``: ``gather`` where it applies, else ``grid_sample``. Same numbers either way.
+        implementation: ``numba`` (compiled loops, :mod:`bridges.common.deformable_numba`; CPU, float32/float64),
+            ``gather`` (library kernels, :mod:`bridges.common.deformable_sampler`; the same inputs), ``grid_sample``,
+            or ``auto``: the first of these that takes the inputs. Same numbers either way, to rounding.
 
     Returns:
         ``(N, Lq, M * Dh)``.
@@ -76,18 +84,22 @@ def ms_deform_attn_core(
         )
     tensors = (value, sampling_locations, attention_weights)
     if implementation == "auto":
-        implementation = "gather" if deformable_sampler.supported(*tensors) else "grid_sample"
-    if implementation == "gather":
-        if not deformable_sampler.supported(*tensors):
+        usable = (name for name, (module, _) in _CPU_SAMPLERS.items() if module.supported(*tensors))
+        implementation = next(usable, "grid_sample")
+    if implementation in _CPU_SAMPLERS:
+        module, sample = _CPU_SAMPLERS[implementation]
+        if not module.supported(*tensors):
+            needs = " with numba installed" if implementation == "numba" else ""
             raise ValueError(
-                f"ms_deform_attn_core: implementation='gather' takes CPU tensors of one dtype among "
-                f"{deformable_sampler.SUPPORTED_DTYPES}, got {[(t.device.type, t.dtype) for t in tensors]}; "
+                f"ms_deform_attn_core: implementation={implementation!r} takes CPU tensors of one dtype among "
+                f"{module.SUPPORTED_DTYPES}{needs}, got {[(t.device.type, t.dtype) for t in tensors]}; "
                 "use 'grid_sample' or 'auto'."
             )
-        return deformable_sampler.gather_sample(value, shapes, sampling_locations, attention_weights)
+        return sample(value, shapes, sampling_locations, attention_weights)
     if implementation != "grid_sample":
         raise ValueError(
-            f"ms_deform_attn_core: implementation must be 'auto', 'gather' or 'grid_sample', got {implementation!r}."
+            "ms_deform_attn_core: implementation must be 'auto', 'numba', 'gather' or 'grid_sample', got "
+            f"{implementation!r}."
         )
     grids = 2 * sampling_locations - 1
     if len(set(shapes)) == 1:  # one grid_sample over (level, sample, head) stacked on the batch axis
@@ -164,6 +176,7 @@ def grid_sample_flop_mapping() -> dict[Any, Any]:
     return {
         torch.ops.aten.grid_sampler_2d: _grid_sampler_2d_flop,
         torch.ops.bridgelab.ms_deform_sample: _gather_sample_flop,
+        torch.ops.bridgelab.ms_deform_sample_compiled: _gather_sample_flop,
     }
 
 
