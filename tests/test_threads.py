@@ -133,3 +133,21 @@ def test_the_run_record_lists_the_changes_since_the_run_started(monkeypatch: pyt
     record = threads.thread_record(started)
     assert record["policy"] == "auto" and record["changes"] == [[7.0, 2]]
     assert record["torch_threads"] == torch.get_num_threads()  # the fake never touched torch
+
+
+def test_parallel_workers_start_from_their_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "_GOVERNOR", [])
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert threads.share_cores(2, {}) == 2  # auto (the default): half the cores each
+        torch.set_num_threads(4)
+        assert threads.share_cores(8, {"BRIDGELAB_THREADS": "auto"}) == 1  # never below one
+        torch.set_num_threads(3)
+        assert threads.share_cores(2, {"BRIDGELAB_THREADS": "3"}) == 3  # a fixed count is the user's choice
+        assert threads.share_cores(1, {}) == 3  # one worker: the whole machine, as torch set it
+        torch.set_num_threads(1)
+        assert threads.share_cores(2, {}) == 1  # never above what torch started with (OMP_NUM_THREADS)
+    finally:
+        torch.set_num_threads(before)

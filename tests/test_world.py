@@ -13,6 +13,7 @@ import torch
 
 from encoders.registry import ConfigError
 from experiments.world import TASKS, TaskOptions, build_tokenizer, generate_samples, make_task_dataset
+from experiments.world import backbones
 from experiments.world.backbones import (
     WorldBackbones,
     build_world_backbones,
@@ -367,6 +368,33 @@ def test_cache_writes_are_atomic(tmp_path) -> None:
     path, built = cached_build(tmp_path, "vit-abc", good)
     assert built and (path / "quality.json").is_file() and not (tmp_path / ".tmp-vit-abc-killed").exists()
     assert cached_build(tmp_path, "vit-abc", crash) == (path, False)  # complete: never rebuilt
+
+
+def test_a_component_another_process_builds_is_busy_not_waited_for(tmp_path) -> None:
+    def good(tmp, final) -> None:
+        (tmp / "quality.json").write_text("{}")
+
+    with backbones._locked(tmp_path / ".lm-abc.lock"):  # held as another process's build would hold it
+        with pytest.raises(backbones.Busy):
+            cached_build(tmp_path, "lm-abc", good, wait=False)
+    assert cached_build(tmp_path, "lm-abc", good, wait=False)[1]  # free again: built here
+
+
+def test_workers_on_an_empty_cache_build_different_components_at_once() -> None:
+    """While another worker builds the LM, this one builds the ViT, then the lazy expert, then waits for the LM."""
+    busy_until_waited = {"lm"}
+    calls: list[tuple[str, bool]] = []
+
+    def load(component: str, wait: bool = True) -> None:
+        calls.append((component, wait))
+        if component in busy_until_waited and not wait:
+            raise backbones.Busy(component)
+
+    backbones._load_all(["vit", "lm"], ["expert"], load)
+    assert calls == [("vit", False), ("lm", False), ("expert", False), ("lm", False), ("lm", True)]
+    calls.clear()
+    backbones._load_all(["vit", "lm"], [], load)  # nothing lazy to build meanwhile: wait for the LM
+    assert calls == [("vit", False), ("lm", False), ("lm", True)]
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path) -> None:

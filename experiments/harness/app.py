@@ -6,7 +6,9 @@ A sweep member that fails is recorded in its run directory (status ``failed`` wi
 on; rerunning the sweep skips finished members and resumes unfinished ones from their last checkpoint.
 
 With ``launcher=local`` (Hydra's basic launcher) every member runs in this process one after another, so they share
-imports, the world's pretrained backbones and the sample pools (see ``experiments.harness.build``).
+imports, the world's pretrained backbones and the sample pools (see ``experiments.harness.build``). With
+``launcher=joblib`` each of ``n_jobs`` worker processes shares them between the members it runs, and starts from its
+share of the cores (``experiments.harness.threads.share_cores``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.harness import signals
+from experiments.harness import signals, threads
 from encoders.registry import ConfigError
 from experiments.harness.config import cli_wins, compose, first_values, is_sweep_value, validate_config
 from experiments.harness.rundir import STATUS_FAILED, RunDir, RunRefused, now_iso
@@ -54,6 +56,7 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
     cfg.tags = tags
     if multirun and "joblib" in str(hc.launcher.get("_target_", "")):
         signals.stop_with_parent()  # a worker process: stop (recorded interrupted) when the sweep's process dies
+        threads.share_cores(int(hc.launcher.get("n_jobs") or 1))  # the workers split the cores between them
     try:
         result: RunResult = run(cfg, run_dir=run_dir)
     except RunRefused:

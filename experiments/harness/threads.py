@@ -115,6 +115,19 @@ def governor_from_env(environ: dict[str, str] | None = None) -> ThreadGovernor |
                      f"positive thread count, e.g. {ENV}=2.")
 
 
+def share_cores(workers: int, environ: dict[str, str] | None = None) -> int:
+    """In one of ``workers`` parallel worker processes (``launcher=joblib``): start from this process's share of
+    the cores, ``usable_cores() // workers`` (at least 1), instead of torch's count for the whole machine, unless
+    ``BRIDGELAB_THREADS`` fixes a count. Call before the governor exists; returns torch's thread count.
+
+    Two workers of tiny models at one thread each train about 1.5x more per second on two cores than one process at
+    two threads (measured 2026-12-01: the demo's Q-Former run, 102 and 116 s side by side, 87 s alone at two)."""
+    value = (os.environ if environ is None else environ).get(ENV, "auto").strip().lower()
+    if value == "auto" and not _GOVERNOR and workers > 1:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), usable_cores() // workers)))
+    return torch.get_num_threads()
+
+
 _GOVERNOR: list[ThreadGovernor | None] = []
 
 

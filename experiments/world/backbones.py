@@ -146,28 +146,38 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return (Path(env).expanduser() if env else Path.home() / ".cache" / "bridgelab") / "world"
 
 
+class Busy(Exception):
+    """Another process holds the lock: it is building this component now."""
+
+
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, wait: bool = True) -> Iterator[None]:
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as err:
+            raise Busy(path) from err
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def cached_build(root: Path, name: str, build: Callable[[Path, Path], None]) -> tuple[Path, bool]:
+def cached_build(
+    root: Path, name: str, build: Callable[[Path, Path], None], wait: bool = True
+) -> tuple[Path, bool]:
     """``root/name``, built by ``build(tmp_dir, final_dir)`` if it is not complete yet.
 
     ``build`` writes into ``tmp_dir`` (``final_dir`` is where its files will end up, for paths it records); the
     directory counts as complete once it holds ``quality.json`` and is renamed into place. Returns
-    ``(final_dir, built_now)``.
+    ``(final_dir, built_now)``. With ``wait=False`` it raises :class:`Busy` instead of waiting while another process
+    builds it.
     """
     final = root / name
     if (final / QUALITY_FILE).is_file():
         return final, False
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".{name}.lock"):
+    with _locked(root / f".{name}.lock", wait):
         if (final / QUALITY_FILE).is_file():  # another process finished it while we waited
             return final, False
         for stale in root.glob(f".tmp-{name}-*"):  # left by a killed build: we hold the lock, so none is live
@@ -359,9 +369,10 @@ def build_world_backbones(
     builders = {"vit": _build_vit(cfg), "expert": _build_expert(cfg), "lm": _build_lm(cfg, keep)}
     world = WorldBackbones(None, None, None, build_tokenizer(), {}, cfg, {}, {})
 
-    def load(component: str) -> None:
+    def load(component: str, wait: bool = True) -> None:
         with torch.random.fork_rng():  # pretraining seeds torch itself; leave the caller's RNG untouched
-            path, now = cached_build(root, f"{component}-{config_hash(component, cfg)}", builders[component])
+            path, now = cached_build(root, f"{component}-{config_hash(component, cfg)}", builders[component], wait)
+        world._pending.pop(component, None)
         world.dirs[component], world.built[component] = str(path), now
         world.quality[component] = json.loads((path / QUALITY_FILE).read_text())
         log.info("world %s: %s (%s)", component, path, "trained" if now else "from cache")
@@ -375,6 +386,7 @@ def build_world_backbones(
             spec["pretrained"] = str(path / f"{component}.safetensors")  # the cache may have moved since
             setattr(world, f"{component}_spec", spec)
 
+    needed: list[str] = []
     for component in COMPONENTS:
         if component not in cfg.components:
             continue
@@ -383,5 +395,34 @@ def build_world_backbones(
             world._pending[component] = lambda component=component: load(component)
             log.info("world %s: built on first use (world.lazy)", component)
         else:
-            load(component)
+            needed.append(component)
+    _load_all(needed, list(world._pending), load)
     return world
+
+
+def _load_all(needed: list[str], lazy: list[str], load: Callable[..., None]) -> None:
+    """Load every component of ``needed``, building in parallel with other processes rather than after them.
+
+    Sweep workers that start together on an empty cache would otherwise queue on each lock in turn. Each pass takes
+    the components nobody else is building; when only busy ones are left, this process builds a ``lazy`` one that
+    nobody builds yet (a worker will need it later), and otherwise waits for the first busy one.
+    """
+    while needed:
+        for component in list(needed):
+            try:
+                load(component, wait=False)
+            except Busy:
+                continue
+            needed.remove(component)
+        if not needed:
+            return
+        for component in list(lazy):
+            lazy.remove(component)
+            try:
+                load(component, wait=False)
+            except Busy:
+                continue
+            log.info("world %s: built while another process builds %s", component, needed)
+            break
+        else:
+            load(needed.pop(0))
