@@ -153,6 +153,24 @@ def test_a_sweep_rerun_with_a_changed_override_is_refused_untouched_and_exits_no
     assert {record(p)["status"] for p in tmp_path.iterdir() if p.is_dir()} == {"finished"}
 
 
+def test_a_joblib_worker_keeps_its_caches_instead_of_being_recycled_as_leaking(monkeypatch) -> None:
+    from joblib.externals.loky import process_executor
+
+    from experiments.harness.app import keep_worker_caches
+
+    monkeypatch.setattr(process_executor, "_MAX_MEMORY_LEAK_SIZE", int(3e8))  # loky's own default
+    keep_worker_caches()
+    assert process_executor._MAX_MEMORY_LEAK_SIZE >= 2**62  # the pools and features kept for later members
+
+
+@pytest.mark.slow
+def test_a_joblib_sweeps_members_share_their_worker(tmp_path: Path) -> None:
+    """Two workers run the four members, each several in turn (its world, pools and features built once)."""
+    assert main(["sweep", *TOY, f"run_dir={tmp_path}", "seed=0,1,2,3", "launcher=joblib"]) == 0
+    pids = [record(p)["pid"] for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(pids) == 4 and len(set(pids)) <= 2 and os.getpid() not in pids
+
+
 def test_load_run_refuses_a_failed_run(tmp_path: Path) -> None:
     from experiments.harness.loading import load_run
 

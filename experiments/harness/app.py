@@ -57,6 +57,7 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
     if multirun and "joblib" in str(hc.launcher.get("_target_", "")):
         signals.stop_with_parent()  # a worker process: stop (recorded interrupted) when the sweep's process dies
         threads.share_cores(int(hc.launcher.get("n_jobs") or 1))  # the workers split the cores between them
+        keep_worker_caches()
     try:
         result: RunResult = run(cfg, run_dir=run_dir)
     except RunRefused:
@@ -72,6 +73,23 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
     if result.skipped:
         log.info("%s: finished earlier, skipped", run_dir)
     return {"run_dir": str(result.run_dir), "status": result.status, "metrics": result.metrics}
+
+
+def keep_worker_caches() -> None:
+    """Stop loky from recycling this worker as "leaking" memory.
+
+    loky measures a worker's memory after its first task and replaces the worker once it has grown by 300 MB
+    (``process_executor._MAX_MEMORY_LEAK_SIZE``). A sweep worker grows on purpose: the sample pools of each new seed
+    and the frozen encoders' features (``feature_cache``, bounded) are kept for the members that follow, and a
+    replacement worker has to rebuild them, world backbones included (measured 2026-12-01: 5 workers replaced in the
+    demo's first 11 runs). The check reads this module global in the worker after every task, so raising it here
+    (once the first task runs) keeps the worker and its caches.
+    """
+    try:
+        from joblib.externals.loky import process_executor
+    except ImportError:  # pragma: no cover - joblib ships loky; nothing to do without it
+        return
+    process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE, 2**62)
 
 
 def record_failure(run_dir: str, cfg: DictConfig, err: BaseException) -> None:
