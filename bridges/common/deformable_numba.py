@@ -26,16 +26,14 @@ disk next to this file, or under ``NUMBA_CACHE_DIR``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import functools
 import importlib.util
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -56,8 +54,8 @@ def supported(*tensors: Tensor) -> bool:
 
 
 def _forward_loops(value, locations, weights, heights, widths, starts, consts, out):  # type: ignore[no-untyped-def]
-    """``out (N, Lq, M, Dh)`` += the sampled, weighted values; ``consts``: ``[1, 0.5, H_l / 2, W_l / 2, ...]`` in
-    the inputs' dtype, so that float32 inputs are computed in float32 as grid_sample does."""
+    """``out (N, Lq, M, Dh)`` = the sum of the sampled, weighted values. ``consts``: ``[1, 0.5, H_l / 2, W_l / 2,
+    ...]`` in the inputs' dtype, so that float32 inputs are computed in float32 as grid_sample does."""
     n, lq, m, n_levels, n_points = weights.shape
     dh = value.shape[3]
     one, half = consts[0], consts[1]
