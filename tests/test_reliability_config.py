@@ -171,6 +171,20 @@ def test_a_joblib_sweeps_members_share_their_worker(tmp_path: Path) -> None:
     assert len(pids) == 4 and len(set(pids)) <= 2 and os.getpid() not in pids
 
 
+@pytest.mark.slow
+def test_a_relative_run_dir_lands_in_the_callers_directory_with_reused_joblib_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """loky keeps its workers between sweeps of one process; a later sweep from another directory still writes there."""
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        assert main(["sweep", *TOY, "run_dir=runs/sweep", "seed=0,1", "launcher=joblib"]) == 0
+        assert sorted(p.name for p in (tmp_path / name / "runs" / "sweep").iterdir() if p.is_dir()) == [
+            "seed=0", "seed=1"
+        ]
+
+
 def test_load_run_refuses_a_failed_run(tmp_path: Path) -> None:
     from experiments.harness.loading import load_run
 

@@ -14,6 +14,7 @@ share of the cores (``experiments.harness.threads.share_cores``).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -162,6 +163,11 @@ def launch(overrides: Sequence[str], multirun: bool = False, program: str = "bri
         if multirun or cfg.hydra.mode == RunMode.MULTIRUN:
             overrides.append(sweep_dirname_override(overrides, cfg))
             sweep_root = str(cfg.hydra.sweep.dir)
+            if not os.path.isabs(sweep_root):
+                # launcher=joblib reuses its worker processes across sweeps, and a worker resolves a relative
+                # directory against its own working directory (where it was started), not this process's
+                sweep_root = os.path.abspath(sweep_root)
+                overrides.append(f"hydra.sweep.dir='{sweep_root}'")
     argv = [program, *(["--multirun"] if multirun else []), *overrides]
     saved = sys.argv
     sys.argv = argv
