@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 from encoders.registry import ConfigError, merge_config
+from experiments.world import shipped
 from experiments.world.pretrain_lm import LMPretrainConfig, pretrain_lm
 from experiments.world.pretrain_vision import (
     ExpertPretrainConfig,
@@ -81,6 +82,8 @@ class WorldBackbonesConfig:
         progress: tqdm progress bars while training.
         lazy: components of ``components`` built on first use instead of at once, when not cached yet (the
             expert is only needed by Eagle: a sweep's other members need not wait for its pretraining).
+        shipped: a backbone missing from the cache whose hash the repository ships (``experiments/world/shipped.py``)
+            is copied from there instead of trained; ``False`` trains it.
     """
 
     world: WorldConfig = field(default_factory=WorldConfig)
@@ -91,6 +94,7 @@ class WorldBackbonesConfig:
     cache_dir: str | None = None
     progress: bool = True
     lazy: list[str] = field(default_factory=list)
+    shipped: bool = True
 
 
 def tiny_config(**overrides: Any) -> WorldBackbonesConfig:
@@ -212,7 +216,9 @@ class WorldBackbones:
         quality: ``{"vit": {...}, "expert": {...}, "lm": {...}}`` as written to each ``quality.json``.
         config: the resolved :class:`WorldBackbonesConfig`.
         dirs: cache directory of each built component.
-        built: which components were trained by this call (the others came from the cache).
+        built: which components were trained by this call (the others came from the cache or the shipped copies).
+        source: where each component came from: ``"cache"``, ``"shipped"`` (copied into the cache now) or
+            ``"trained"`` (now).
     """
 
     vit_spec: dict[str, Any] | None
@@ -223,6 +229,7 @@ class WorldBackbones:
     config: WorldBackbonesConfig
     dirs: dict[str, str]
     built: dict[str, bool]
+    source: dict[str, str] = field(default_factory=dict)
     _lm: Any = field(default=None, repr=False)
     _pending: dict[str, Callable[[], None]] = field(default_factory=dict, repr=False)
 
@@ -370,12 +377,16 @@ def build_world_backbones(
     world = WorldBackbones(None, None, None, build_tokenizer(), {}, cfg, {}, {})
 
     def load(component: str, wait: bool = True) -> None:
+        name = f"{component}-{config_hash(component, cfg)}"
+        from_shipped = cfg.shipped and name in shipped.shipped_names()
+        build = (lambda tmp, final: shipped.install(name, tmp, final)) if from_shipped else builders[component]
         with torch.random.fork_rng():  # pretraining seeds torch itself; leave the caller's RNG untouched
-            path, now = cached_build(root, f"{component}-{config_hash(component, cfg)}", builders[component], wait)
+            path, now = cached_build(root, name, build, wait)
         world._pending.pop(component, None)
-        world.dirs[component], world.built[component] = str(path), now
+        world.dirs[component], world.built[component] = str(path), now and not from_shipped
+        world.source[component] = ("shipped" if from_shipped else "trained") if now else "cache"
         world.quality[component] = json.loads((path / QUALITY_FILE).read_text())
-        log.info("world %s: %s (%s)", component, path, "trained" if now else "from cache")
+        log.info("world %s: %s (%s)", component, path, world.source[component])
         if component == "lm":
             world.lm_dir, world._lm = str(path), keep.get("model")
             quality = world.quality["lm"]
