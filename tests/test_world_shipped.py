@@ -54,7 +54,8 @@ def test_the_demo_world_comes_from_the_shipped_copies_on_an_empty_cache(tmp_path
     for component, file in (("vit", "vit.safetensors"), ("expert", "expert.safetensors")):
         spec = world.encoder_spec(component)
         assert Path(spec["pretrained"]) == tmp_path / Path(world.dirs[component]).name / file
-        assert json.loads((Path(world.dirs[component]) / "encoder.json").read_text())["pretrained"] == spec["pretrained"]
+        recorded = json.loads((Path(world.dirs[component]) / "encoder.json").read_text())
+        assert recorded["pretrained"] == spec["pretrained"]
         shipped_weights = load_file(str(shipped.WEIGHTS_DIR / Path(world.dirs[component]).name / file))
         cached = load_file(spec["pretrained"])
         assert all(torch.equal(shipped_weights[k], cached[k]) for k in shipped_weights)

@@ -64,7 +64,8 @@ def shipped_names(weights_dir: Path | None = None) -> set[str]:
 def install(name: str, tmp: Path, final: Path, weights_dir: Path | None = None) -> None:
     """Copy the shipped backbone ``name`` into ``tmp`` (to be renamed to ``final``), checking every file's sum."""
     source = (weights_dir or WEIGHTS_DIR) / name
-    files = {key.split("/", 1)[1]: digest for key, digest in read_sums(weights_dir).items() if key.startswith(f"{name}/")}
+    sums = read_sums(weights_dir)
+    files = {key.split("/", 1)[1]: digest for key, digest in sums.items() if key.startswith(f"{name}/")}
     if not files:
         raise ShippedWeightsError(f"{name} is not among the shipped world backbones ({source.parent / SUMS_FILE})")
     for file, digest in sorted(files.items()):
