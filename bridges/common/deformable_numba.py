@@ -53,6 +53,28 @@ def supported(*tensors: Tensor) -> bool:
     )
 
 
+_IN_REACH, _OUTSIDE, _NON_FINITE = 0, 1, 2
+
+
+def _pixel_frame(lx, ly, half_w, half_h, w, h, one, half):  # type: ignore[no-untyped-def]
+    """A location's place on a ``h x w`` map, as grid_sample computes it: ``(state, x0, y0, fx, fy)``, the top-left
+    corner and the fractions past it; ``state`` is ``_IN_REACH`` (some corner is on the map), ``_OUTSIDE`` (none
+    is) or ``_NON_FINITE``."""
+    px = ((lx + lx - one) + one) * half_w - half
+    py = ((ly + ly - one) + one) * half_h - half
+    if not (np.isfinite(px) and np.isfinite(py)):
+        return _NON_FINITE, 0, 0, px, py
+    if not (px >= -one and px < w and py >= -one and py < h):
+        return _OUTSIDE, 0, 0, px, py
+    fx0, fy0 = np.floor(px), np.floor(py)
+    return _IN_REACH, int(fx0), int(fy0), px - fx0, py - fy0
+
+
+# the loops call ``_pixel``: this plain function until ``_kernels`` compiles it, so that numba resolves the name to
+# the compiled helper when it compiles the loops (and numba is imported only on first use)
+_pixel = _pixel_frame
+
+
 def _forward_loops(value, locations, weights, heights, widths, starts, consts, out):  # type: ignore[no-untyped-def]
     """``out (N, Lq, M, Dh)`` = the sum of the sampled, weighted values. ``consts``: ``[1, 0.5, H_l / 2, W_l / 2,
     ...]`` in the inputs' dtype, so that float32 inputs are computed in float32 as grid_sample does."""
@@ -70,16 +92,11 @@ def _forward_loops(value, locations, weights, heights, widths, starts, consts, o
                 half_h, half_w = consts[2 + 2 * lvl], consts[3 + 2 * lvl]
                 for p in range(n_points):
                     lx, ly = locations[b, q, head, lvl, p, 0], locations[b, q, head, lvl, p, 1]
-                    px = ((lx + lx - one) + one) * half_w - half
-                    py = ((ly + ly - one) + one) * half_h - half
-                    if not (np.isfinite(px) and np.isfinite(py)):
+                    state, x0, y0, fx, fy = _pixel(lx, ly, half_w, half_h, w, h, one, half)
+                    if state == _NON_FINITE:
                         acc[:] = np.nan
+                    if state != _IN_REACH:
                         continue
-                    if not (px >= -one and px < w and py >= -one and py < h):
-                        continue
-                    fx0, fy0 = np.floor(px), np.floor(py)
-                    x0, y0 = int(fx0), int(fy0)
-                    fx, fy = px - fx0, py - fy0
                     a = weights[b, q, head, lvl, p]
                     for dy in range(2):
                         y = y0 + dy
@@ -116,18 +133,13 @@ def _backward_loops(  # type: ignore[no-untyped-def]
                 half_h, half_w = consts[2 + 2 * lvl], consts[3 + 2 * lvl]
                 for p in range(n_points):
                     lx, ly = locations[b, q, head, lvl, p, 0], locations[b, q, head, lvl, p, 1]
-                    px = ((lx + lx - one) + one) * half_w - half
-                    py = ((ly + ly - one) + one) * half_h - half
-                    if not (np.isfinite(px) and np.isfinite(py)):  # its output is NaN: so are these gradients
+                    state, x0, y0, fx, fy = _pixel(lx, ly, half_w, half_h, w, h, one, half)
+                    if state == _NON_FINITE:  # its output is NaN: so are these gradients
                         grad_w[b, q, head, lvl, p] = np.nan
                         grad_loc[b, q, head, lvl, p, 0] = np.nan
                         grad_loc[b, q, head, lvl, p, 1] = np.nan
+                    if state != _IN_REACH:
                         continue
-                    if not (px >= -one and px < w and py >= -one and py < h):
-                        continue
-                    fx0, fy0 = np.floor(px), np.floor(py)
-                    x0, y0 = int(fx0), int(fy0)
-                    fx, fy = px - fx0, py - fy0
                     a = weights[b, q, head, lvl, p]
                     d00 = d01 = d10 = d11 = zero
                     for dy in range(2):
@@ -169,6 +181,8 @@ def _kernels() -> dict[str, Any]:
     # reassociation lets the channel loops' sums use SIMD lanes (a different summation order, within rounding); no
     # "nnan"/"ninf": non-finite values must propagate as in grid_sample
     options = {"cache": True, "boundscheck": False, "fastmath": {"reassoc", "contract"}}
+    global _pixel
+    _pixel = numba.njit(inline="always", **options)(_pixel_frame)
     return {"forward": numba.njit(**options)(_forward_loops), "backward": numba.njit(**options)(_backward_loops)}
 
 

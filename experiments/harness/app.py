@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.harness import signals, threads
+from experiments.harness import bar_slot, signals, threads
 from encoders.registry import ConfigError
 from experiments.harness.config import cli_wins, compose, first_values, is_sweep_value, validate_config
 from experiments.harness.rundir import STATUS_FAILED, RunDir, RunRefused, now_iso
@@ -57,7 +57,9 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
     cfg.tags = tags
     if multirun and "joblib" in str(hc.launcher.get("_target_", "")):
         signals.stop_with_parent()  # a worker process: stop (recorded interrupted) when the sweep's process dies
-        threads.share_cores(int(hc.launcher.get("n_jobs") or 1))  # the workers split the cores between them
+        n_jobs = int(hc.launcher.get("n_jobs") or 1)
+        threads.share_cores(n_jobs)  # the workers split the cores between them
+        bar_slot.claim(n_jobs)  # and the terminal: one line each for their progress bars
         keep_worker_caches()
     try:
         result: RunResult = run(cfg, run_dir=run_dir)

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 
 from encoders.registry import ConfigError
+from experiments.harness import bar_slot
 from experiments.harness.config import RunConfig, StageConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,8 @@ def build_trainer(
     show_bar = cfg.progress_bar if progress_bar is None else progress_bar
     all_callbacks = list(callbacks)
     if show_bar:
-        all_callbacks.append(TQDMProgressBar(refresh_rate=progress_refresh_rate(run.train.log_every_n_steps)))
+        refresh = progress_refresh_rate(run.train.log_every_n_steps)
+        all_callbacks.append(TQDMProgressBar(refresh_rate=refresh, process_position=bar_slot.position()))
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,

@@ -188,12 +188,13 @@ class SceneSampler:
         pic = Picture("digit", (Obj(DIGIT, c, self._rgb(c), x, y, half, row, value),), self._background(), caption)
         return Media("digit", (pic,), caption, {"colour": c, "digit": value, "count": 1, "where": q})
 
-    def pair(self) -> Media:
-        """Two shapes that differ in (colour, shape), in distinct quadrants; facts describe the first one."""
+    def pair(self, distinct_shapes: bool = False) -> Media:
+        """Two shapes that differ in (colour, shape), or in shape with ``distinct_shapes``, in distinct quadrants;
+        facts describe the first one."""
         q1, q2 = (int(q) for q in self.rng.permutation(4)[:2])
         c1, s1 = self._colour(), int(self.rng.integers(len(SHAPES)))
         c2, s2 = self._colour(), int(self.rng.integers(len(SHAPES)))
-        while (c2, s2) == (c1, s1):
+        while (c2, s2) == (c1, s1) or (distinct_shapes and s2 == s1):
             c2, s2 = self._colour(), int(self.rng.integers(len(SHAPES)))
         objs = []
         for c, s, q in ((c1, s1, q1), (c2, s2, q2)):

@@ -103,6 +103,7 @@ QTYPES: dict[str, QType] = {
     "digit": QType("which digit is it ?", NUMBER_WORDS, _fact("digit", NUMBER_WORDS)),
     "where": QType("where is it ?", QUADRANT_WORDS, _fact("where", QUADRANT_WORDS)),
     "where_named": QType("where is the {colour} {shape} ?", QUADRANT_WORDS, lambda m: None),
+    "where_shape": QType("where is the {shape} ?", QUADRANT_WORDS, lambda m: None),
     "same_colour": QType("do both images show the same colour ?", ("yes", "no"), lambda m: None),
     "same_shape": QType("do both images show the same shape ?", ("yes", "no"), lambda m: None),
     "target_colour": QType("what colour is the target ?", COLOURS, _fact("colour", COLOURS)),
@@ -131,6 +132,9 @@ class TaskOptions:
         spatial_question_first: with 2 objects, ask before the image ("question : where is the red circle ?
             <img> ... </img> answer :"), so the LM reads the slot already knowing which object is asked about
             (and an instruction-aware bridge could too); the binding then happens inside the slot.
+        spatial_ask_by: with 2 objects, name the one asked about by ``"colour_shape"`` ("where is the red circle
+            ?"; the two may share a colour or a shape, so both words must match) or by ``"shape"`` ("where is the
+            circle ?"; the two have different shapes). Either way the answer binds an object to its place.
         compare_qtypes: from "same_colour" (prototype: text ceiling 1.0) and "same_shape".
         distractor_n: images per ``distractor`` sample (1 target + N-1 distractors); up to 400 and beyond.
         video_frames: frames per ``video_motion`` item.
@@ -142,6 +146,7 @@ class TaskOptions:
     attribute_kinds: list[str] = field(default_factory=lambda: ["object", "count", "digit"])
     spatial_objects: int = 1
     spatial_question_first: bool = False
+    spatial_ask_by: str = "colour_shape"
     compare_qtypes: list[str] = field(default_factory=lambda: ["same_colour"])
     distractor_n: int = 4
     video_frames: int = 4
@@ -210,16 +215,19 @@ def _spatial(sampler: SceneSampler, opt: TaskOptions, n: int) -> list[Sample]:
         return [_single("spatial", "where", sampler.still(str(k))) for k in sampler.rng.choice(["object", "digit"], n)]
     if opt.spatial_objects != 2:
         raise ValueError(f"spatial_objects must be 1 or 2, got {opt.spatial_objects}")
+    qtype = {"colour_shape": "where_named", "shape": "where_shape"}.get(opt.spatial_ask_by)
+    if qtype is None:
+        raise ValueError(f"spatial_ask_by must be 'colour_shape' or 'shape', got {opt.spatial_ask_by!r}")
     out = []
     for _ in range(n):
-        media = sampler.pair()
+        media = sampler.pair(distinct_shapes=qtype == "where_shape")
         obj = media.frames[0].objects[int(sampler.rng.integers(2))]
-        question = QTYPES["where_named"].question.format(colour=COLOURS[obj.colour], shape=SHAPES[obj.shape])
+        question = QTYPES[qtype].question.format(colour=COLOURS[obj.colour], shape=SHAPES[obj.shape])
         if opt.spatial_question_first:
             text = f"question : {question} {SLOT} answer :"
         else:
             text = f"{SLOT} question : {question} answer :"
-        out.append(Sample(text, quadrant_words(obj.quadrant), [media], _meta("spatial", "where_named", [media], None)))
+        out.append(Sample(text, quadrant_words(obj.quadrant), [media], _meta("spatial", qtype, [media], None)))
     return out
 
 
