@@ -158,6 +158,20 @@ def test_two_object_spatial_can_ask_before_the_image() -> None:
             assert s.text.index("question") < s.text.index(IMAGE_TOKEN) if first else s.text.startswith(MEDIA_OPEN)
 
 
+def test_two_object_spatial_can_name_the_object_by_its_shape_alone() -> None:
+    options = TaskOptions(spatial_objects=2, spatial_ask_by="shape")
+    samples = generate_samples("spatial", "test", 40, seed=0, options=options)
+    for s in samples:
+        shape = s.text.split("where is the ")[1].split(" ?")[0]
+        objects = s.media[0].frames[0].objects
+        assert len({o.shape for o in objects}) == 2 and s.meta["qtype"] == "where_shape"
+        named = [o for o in objects if SHAPES[o.shape] == shape]
+        assert len(named) == 1 and s.answer == quadrant_words(_quadrant_of(named[0]))
+    assert len({o.colour for s in samples for o in s.media[0].frames[0].objects}) > 1
+    with pytest.raises(ValueError, match="spatial_ask_by"):
+        generate_samples("spatial", "test", 2, options=TaskOptions(spatial_objects=2, spatial_ask_by="size"))
+
+
 def _quadrant_of(obj) -> int:
     return int(obj.x >= 0.5) + 2 * int(obj.y >= 0.5)
 

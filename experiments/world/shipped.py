@@ -2,8 +2,8 @@
 
 Pretraining the world's ViT, expert and LM takes about 9 minutes on two cores (measured 2026-12-01), more than half
 of the demo's budget. ``experiments/world/weights/`` holds the backbones that the README's worlds hash to
-(``world=default``, ``full`` and ``transfer``: one ViT, one expert, three LMs, about 8 MB), each in its cache
-layout (``<component>-<hash>/``), with their SHA-256 sums in ``SHA256SUMS``. When a backbone is not in the cache
+(``world=default``, ``full``, ``transfer`` and ``binding``: one ViT, one expert, four LMs, about 9 MB), each in its
+cache layout (``<component>-<hash>/``), with their SHA-256 sums in ``SHA256SUMS``. When a backbone is not in the cache
 and its hash is shipped, :func:`install` copies it into the cache (verifying every file) instead of training it;
 ``world.shipped=false`` trains it from scratch, as a changed config always does (a new hash is never shipped).
 
@@ -11,7 +11,7 @@ They are the project's own weights, trained offline by ``build_world_backbones``
 ones behind ``results/demo/``, so ``make demo`` on a fresh clone runs the same models as the committed results.
 After a change to the world's recipes (a new hash), rebuild the worlds and refresh the shipped copies::
 
-    python -m experiments.world.shipped freeze --world default full transfer    # from the cache into weights/
+    python -m experiments.world.shipped freeze --world default full transfer binding   # from the cache into weights/
     python -m experiments.world.shipped check                                     # the sums and the hashes
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 SUMS_FILE = "SHA256SUMS"
-README_WORLDS = ("default", "full", "transfer")  # the worlds the README's commands use
+README_WORLDS = ("default", "full", "transfer", "binding")  # the worlds the README's commands use
 ENCODER_SPEC = "encoder.json"
 
 

@@ -23,8 +23,9 @@ task            question                                                        
 =============== ======================================================================= ==================
 attribute       "what colour is it ?" / "what shape is it ?" (shapes or a digit)        coarse semantics
 count           "how many objects are there ?" (1-4 shapes)                             counting
-spatial         "where is it ?" (a shape/digit) or "where is the red circle ?" (2;      spatial layout,
-                optionally asked before the image: ``spatial_question_first``)          binding
+spatial         "where is it ?" (a shape/digit) or, with 2 shapes, "where is the red    spatial layout,
+                circle ?" / "where is the circle ?" (``spatial_ask_by``; optionally     binding
+                asked before the image: ``spatial_question_first``)
 fine_detail     "which digit is it ?" (a small tinted digit)                            MMFuser, Eagle
 compare         "do both images show the same colour ?" yes/no, balanced (2 images)     multi-image (NLVR2)
 distractor      "what colour is the target ?", one ``target``-tagged image among N      mPLUG-Owl3
