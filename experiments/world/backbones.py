@@ -376,9 +376,11 @@ def build_world_backbones(
     builders = {"vit": _build_vit(cfg), "expert": _build_expert(cfg), "lm": _build_lm(cfg, keep)}
     world = WorldBackbones(None, None, None, build_tokenizer(), {}, cfg, {}, {})
 
+    shipped_here = shipped.shipped_names() if cfg.shipped else set()
+
     def load(component: str, wait: bool = True) -> None:
         name = f"{component}-{config_hash(component, cfg)}"
-        from_shipped = cfg.shipped and name in shipped.shipped_names()
+        from_shipped = name in shipped_here
         build = (lambda tmp, final: shipped.install(name, tmp, final)) if from_shipped else builders[component]
         with torch.random.fork_rng():  # pretraining seeds torch itself; leave the caller's RNG untouched
             path, now = cached_build(root, name, build, wait)

@@ -77,10 +77,16 @@ def install(name: str, tmp: Path, final: Path, weights_dir: Path | None = None) 
                 f"with world.shipped=false."
             )
         shutil.copyfile(path, tmp / file)
-    spec_path = tmp / ENCODER_SPEC
-    if spec_path.is_file():  # encoders record where their weights are; point them at the cache copy
+    _repoint_weights(tmp, final)  # encoders record where their weights are: the cache copy
+
+
+def _repoint_weights(backbone_dir: Path, final: Path | None) -> None:
+    """Point an encoder backbone's ``encoder.json`` at its weights file in ``final`` (``None``: the bare file name)."""
+    spec_path = backbone_dir / ENCODER_SPEC
+    if spec_path.is_file():
         spec = json.loads(spec_path.read_text())
-        spec["pretrained"] = str(final / Path(spec["pretrained"]).name)
+        name = Path(spec["pretrained"]).name
+        spec["pretrained"] = name if final is None else str(final / name)
         spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
 
 
@@ -118,11 +124,7 @@ def freeze(worlds: Sequence[str], cache_dir: Path | None = None, weights_dir: Pa
     lines = []
     for name in names:
         shutil.copytree(root / name, dest / name)
-        spec_path = dest / name / ENCODER_SPEC
-        if spec_path.is_file():  # no machine's absolute path in the repository
-            spec = json.loads(spec_path.read_text())
-            spec["pretrained"] = Path(spec["pretrained"]).name
-            spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+        _repoint_weights(dest / name, None)  # no machine's absolute path in the repository
         lines += [f"{_sha256(path)}  {name}/{path.name}" for path in sorted((dest / name).iterdir())]
     (dest / SUMS_FILE).write_text("\n".join(lines) + "\n")
     return names
