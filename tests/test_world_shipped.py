@@ -124,3 +124,41 @@ def test_a_damaged_shipped_file_fails_naming_the_fix(tiny_shipped, tmp_path, mon
         build_world_backbones(tiny_config(components=["vit"]), cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("vit-*"))  # nothing half-copied left in the cache
     assert shipped.check(["tiny"], damaged) == [f"{vit.name}/vit.safetensors: checksum differs"]
+
+
+@pytest.mark.parametrize("key, default, other", [
+    ("world.shipped", True, False),
+    ("data.options.spatial_ask_by", "colour_shape", "shape"),
+    ("data.options.spatial_question_first", False, True),
+])
+def test_options_added_after_runs_were_made_keep_those_runs_resumable_and_pooled(
+    key: str, default: object, other: object, tmp_path: Path
+) -> None:
+    """A run recorded before the key existed did what its default does: same config hash (so a sweep skips or
+    resumes it) and one row with a run that records the default; a run at another value is kept apart."""
+    from experiments.analysis.load import load_runs
+    from experiments.analysis.tables import summarize
+    from experiments.harness.config import compose, config_dict, config_hash, validate_config
+    from experiments.harness.rundir import RunDir
+
+    section, *middle, leaf = key.split(".")
+    now = config_dict(validate_config(compose(["experiment=quick_ablation", "bridge=mlp"])))
+    parent = now[section]
+    for part in middle:
+        parent = parent[part]
+    assert parent[leaf] == default, f"{key} is not at its default in the composed config"
+    before = json.loads(json.dumps(now))
+    changed = json.loads(json.dumps(now))
+    holder_before, holder_changed = before[section], changed[section]
+    for part in middle:
+        holder_before, holder_changed = holder_before[part], holder_changed[part]
+    del holder_before[leaf]
+    holder_changed[leaf] = other
+    assert config_hash(before) == config_hash(now) != config_hash(changed)
+
+    for i, (config, em) in enumerate([(before, 0.5), (now, 0.7), (changed, 0.2)]):
+        rd = RunDir(tmp_path / f"run{i}")
+        rd.update(name="q", status="finished", seed=i, config={**config, "seed": i})
+        rd.write_scores("attribute", {"task": "attribute", "n": 10, "exact_match": em})
+    table = summarize(load_runs(tmp_path))
+    assert sorted(table["seeds"].tolist()) == [1, 2]

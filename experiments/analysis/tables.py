@@ -33,7 +33,13 @@ IGNORED_CONFIG_PREFIXES = (
 # Options added after runs were made (the harness's HASH_NEUTRAL_DEFAULTS, repeated; a test keeps them in step): a run
 # recorded before an option existed has no value for it and did what its default does, so it never separates rows.
 # (An empty ``objective_options`` mapping leaves no column at all, so only the scalar options need a default here.)
-NEUTRAL_DEFAULTS = (("bridge.resampler", "perceiver"), ("stages.*.objective", "lm"))
+NEUTRAL_DEFAULTS = (
+    ("bridge.resampler", "perceiver"),
+    ("stages.*.objective", "lm"),
+    ("world.shipped", True),
+    ("data.options.spatial_ask_by", "colour_shape"),
+    ("data.options.spatial_question_first", False),
+)
 
 
 def with_neutral_defaults(df: pd.DataFrame) -> pd.DataFrame:

@@ -393,6 +393,9 @@ HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, Any], ...] = (
     ("bridge.resampler", "perceiver"),
     ("stages.*.objective", "lm"),
     ("stages.*.objective_options", {}),
+    ("world.shipped", True),  # where the world's backbones come from, not what they are (same bytes either way)
+    ("data.options.spatial_ask_by", "colour_shape"),
+    ("data.options.spatial_question_first", False),
 )
 
 
