@@ -7,6 +7,7 @@ every run still builds its own model from a seeded initialisation.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import logging
@@ -15,7 +16,9 @@ from typing import Any
 
 from encoders.registry import ConfigError
 from experiments.harness.config import RunConfig, to_container
+from experiments.harness import feature_cache
 from experiments.harness.data import DATA_SOURCES, TaskData
+from experiments.harness.memory import memory_is_short
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,22 @@ def memoised(kind: str, key: str, make: Callable[[], Any]) -> Any:
 
 def clear_memo() -> None:
     _MEMO.clear()
+
+
+def shed_other_data(keep: str) -> int:
+    """Drop every memoised sample pool but ``keep`` and the cached encoder features that came with them, when memory
+    is short (:func:`~experiments.harness.memory.memory_is_short`); returns how many pools were dropped. Pools and
+    features are rebuilt from their seeds if a later run needs them again."""
+    if not memory_is_short():
+        return 0
+    stale = [k for k in _MEMO if k[0] == "data" and k[1] != keep]
+    for k in stale:
+        del _MEMO[k]
+    feature_cache.clear()
+    gc.collect()
+    if stale:
+        log.info("memory is short: dropped %d cached sample pool(s) and the cached encoder features", len(stale))
+    return len(stale)
 
 
 def import_plugins(modules: Sequence[str]) -> None:
@@ -72,7 +91,10 @@ def build_data(run: RunConfig, world: Any) -> TaskData:
             raise TypeError(f"Data source '{entry.name}' returned {type(data).__name__}, not TaskData")
         return data
 
-    return memoised("data", _key(run.data, run.world, run.seed), make)
+    key = _key(run.data, run.world, run.seed)
+    if ("data", key) not in _MEMO:
+        shed_other_data(keep=key)
+    return memoised("data", key, make)
 
 
 def component_specs(run: RunConfig, world: Any) -> tuple[Any, Any, Any]:

@@ -6,9 +6,10 @@ forward: each image is keyed by a digest of its (transformed) pixels, per encode
 not seen before are encoded. The demo's seven bridges train on the same pools, so after the first bridge of a seed
 the ViT hardly runs during training.
 
-Scope and honesty: the cache is process-wide (bounded by ``max_items``), used only on CPU, switched off for FLOP
-counting and evaluation, and recorded in ``efficiency.json`` (``feature_cache``) because training samples/s then
-measures the bridge and the LM, not the frozen encoders. Features computed in a different batch can differ from a
+Scope and honesty: the cache is process-wide (bounded by ``MAX_ITEMS`` and by the machine's available memory,
+``harness/memory.py``), used only on CPU, switched off for FLOP counting and evaluation, and recorded in
+``efficiency.json`` (``feature_cache``) because training samples/s then measures the bridge and the LM, not the
+frozen encoders. Features computed in a different batch can differ from a
 fresh computation in the last float bits, so a cached run matches an uncached one to rounding, not bit for bit.
 """
 
@@ -23,10 +24,11 @@ import torch
 from torch import nn
 
 from encoders.base import VisionFeatures, resolve_layers
+from experiments.harness.memory import memory_is_short
 
 _STORE: dict[tuple[Any, ...], torch.Tensor] = {}
 _META: dict[tuple[Any, ...], tuple[tuple[int, int], int, int]] = {}
-MAX_ITEMS = 2_000_000  # stored (image, layer) tensors; beyond it new features are computed but not kept
+MAX_ITEMS = 2_000_000  # stored (image, layer) tensors; beyond it, or when memory is short, new features are not kept
 
 def clear() -> None:
     _STORE.clear()
@@ -73,7 +75,7 @@ def _features(encoder: nn.Module, name: str, pixels: torch.Tensor, layers: Any, 
     if missing:
         fresh = encoder(pixels[torch.tensor(missing)], absolute, with_cls)
         _META[(identity, name, with_cls)] = (tuple(fresh.grid), fresh.width, fresh.num_prefix)
-        full = len(_STORE) + len(missing) * len(absolute) > MAX_ITEMS
+        full = len(_STORE) + len(missing) * len(absolute) > MAX_ITEMS or memory_is_short()
         if not full:
             for row, i in enumerate(missing):
                 for layer, hidden in zip(fresh.layers, fresh.hidden):
