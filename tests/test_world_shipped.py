@@ -141,19 +141,18 @@ def test_options_added_after_runs_were_made_keep_those_runs_resumable_and_pooled
     from experiments.harness.config import compose, config_dict, config_hash, validate_config
     from experiments.harness.rundir import RunDir
 
-    section, *middle, leaf = key.split(".")
+    *path, leaf = key.split(".")
+
+    def parent(config: dict) -> dict:
+        for part in path:
+            config = config[part]
+        return config
+
     now = config_dict(validate_config(compose(["experiment=quick_ablation", "bridge=mlp"])))
-    parent = now[section]
-    for part in middle:
-        parent = parent[part]
-    assert parent[leaf] == default, f"{key} is not at its default in the composed config"
-    before = json.loads(json.dumps(now))
-    changed = json.loads(json.dumps(now))
-    holder_before, holder_changed = before[section], changed[section]
-    for part in middle:
-        holder_before, holder_changed = holder_before[part], holder_changed[part]
-    del holder_before[leaf]
-    holder_changed[leaf] = other
+    assert parent(now)[leaf] == default, f"{key} is not at its default in the composed config"
+    before, changed = json.loads(json.dumps(now)), json.loads(json.dumps(now))
+    del parent(before)[leaf]
+    parent(changed)[leaf] = other
     assert config_hash(before) == config_hash(now) != config_hash(changed)
 
     for i, (config, em) in enumerate([(before, 0.5), (now, 0.7), (changed, 0.2)]):

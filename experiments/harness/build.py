@@ -45,13 +45,13 @@ def clear_memo() -> None:
     _MEMO.clear()
 
 
-def shed_other_data(keep: str) -> int:
-    """Drop every memoised sample pool but ``keep`` and the cached encoder features that came with them, when memory
-    is short (:func:`~experiments.harness.memory.memory_is_short`); returns how many pools were dropped. Pools and
-    features are rebuilt from their seeds if a later run needs them again."""
+def shed_data_pools() -> int:
+    """Drop every memoised sample pool and the cached encoder features, when memory is short
+    (:func:`~experiments.harness.memory.memory_is_short`); returns how many pools were dropped. Called before a new
+    pool is built; pools and features are rebuilt from their seeds if a later run needs them again."""
     if not memory_is_short():
         return 0
-    stale = [k for k in _MEMO if k[0] == "data" and k[1] != keep]
+    stale = [k for k in _MEMO if k[0] == "data"]
     for k in stale:
         del _MEMO[k]
     feature_cache.clear()
@@ -93,7 +93,7 @@ def build_data(run: RunConfig, world: Any) -> TaskData:
 
     key = _key(run.data, run.world, run.seed)
     if ("data", key) not in _MEMO:
-        shed_other_data(keep=key)
+        shed_data_pools()
     return memoised("data", key, make)
 
 
