@@ -7,6 +7,11 @@ Per expert, in the fixed order of ``BridgeIO.encoders``: patch tokens ``(N, h*w,
 common grid when the sizes differ -> ``(N, G, C')``. The experts are concatenated on channels ``(N, G, ΣC')``, so
 the LM receives ``G`` tokens per image whatever the number of experts, then the LLaVA projector maps them to the LM.
 
+``downsample="area"`` (a toolkit option) shrinks a grid by adaptive average pooling instead. The reference's bilinear
+resize with ``align_corners=True`` samples only the corner patches when it shrinks a grid several-fold (a 4 x 4 grid
+to 2 x 2 keeps 4 of 16 patches, to 1 x 1 the top-left one), so a token-count sweep over ``grid_size`` uses ``area``,
+which averages every patch as MM1's pooling does. A grid that grows is resized bilinearly either way.
+
 Variants (``variant``):
 
 * ``released`` (default, the released code): one projector over the concatenated channels.
@@ -41,6 +46,7 @@ from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures
 
 VARIANTS = ("released", "pre_alignment", "sequence_append")
+DOWNSAMPLES = ("bilinear", "area")
 
 
 @dataclass
@@ -55,6 +61,8 @@ class EagleBridgeConfig:
             the code's ``add_pixel_shuffle``); channels grow by the factor squared.
         projector: the joint projector, ``linear`` or ``mlp{k}x_gelu`` (Eagle: ``mlp2x_gelu``).
         expert_projector: the per-expert projectors of ``pre_alignment`` / ``sequence_append``.
+        downsample: how an expert's grid larger than the common one is shrunk to it: ``bilinear`` (the code,
+            ``align_corners=True``) or ``area`` (adaptive average pooling; see the module docstring).
         layer: encoder layer taken from every expert (-1 = last; the released CLIP tower ignores ``select_layer``).
         pre_align_expert: in ``pre_alignment``, the expert being aligned alone (``None`` = joint use).
     """
@@ -64,6 +72,7 @@ class EagleBridgeConfig:
     pixel_unshuffle: dict[str, int] = field(default_factory=dict)
     projector: str = "mlp2x_gelu"
     expert_projector: str = "mlp2x_gelu"
+    downsample: str = "bilinear"
     layer: int = -1
     pre_align_expert: str | None = None
     # Eagle fuses experts; with one encoder it is an MLP projector. The harness refuses fewer at config time.
@@ -74,11 +83,18 @@ class EagleBridgeConfig:
         at_least(self, 1, "grid_size", optional=True)
 
 
-def to_grid(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int], unshuffle: int = 1) -> torch.Tensor:
+def to_grid(
+    tokens: torch.Tensor,
+    grid: tuple[int, int],
+    target: tuple[int, int],
+    unshuffle: int = 1,
+    downsample: str = "bilinear",
+) -> torch.Tensor:
     """One expert's patch tokens ``(N, h*w, C)`` -> ``(N, H*W, C * unshuffle**2)`` on the ``target = (H, W)`` grid.
 
     ``pixel_unshuffle`` keeps PyTorch's channel order (``c * u**2 + i * u + j``); resizing is bilinear with
-    ``align_corners=True`` in float32 and skipped when the grid already matches, as in the reference.
+    ``align_corners=True`` in float32 and skipped when the grid already matches, as in the reference; with
+    ``downsample="area"`` a grid that shrinks on both sides is average-pooled instead.
     """
     if tokens.shape[1] != grid[0] * grid[1]:
         raise ValueError(f"{tokens.shape[1]} tokens do not fill the {grid} grid; pass patch tokens only (no CLS)")
@@ -86,7 +102,11 @@ def to_grid(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]
     if unshuffle > 1:  # = F.pixel_unshuffle, which returns an empty batch unchanged (wrong channel count)
         x = rearrange(x, "n c (h i) (w j) -> n (c i j) h w", i=unshuffle, j=unshuffle)
     if tuple(x.shape[-2:]) != tuple(target):
-        x = F.interpolate(x.float(), size=target, mode="bilinear", align_corners=True).to(tokens.dtype)
+        shrinks = x.shape[-2] >= target[0] and x.shape[-1] >= target[1]
+        if downsample == "area" and shrinks:
+            x = F.adaptive_avg_pool2d(x.float(), target).to(tokens.dtype)
+        else:
+            x = F.interpolate(x.float(), size=target, mode="bilinear", align_corners=True).to(tokens.dtype)
     return rearrange(x, "n c h w -> n (h w) c")
 
 
@@ -99,6 +119,8 @@ class EagleBridge(PrefixBridge):
         self.check_io()
         if config.variant not in VARIANTS:
             raise ValueError(f"Unknown Eagle variant '{config.variant}'. Use one of {VARIANTS}.")
+        if config.downsample not in DOWNSAMPLES:
+            raise ValueError(f"Unknown Eagle downsample '{config.downsample}'. Use one of {DOWNSAMPLES}.")
         names = [e.name for e in io.encoders]
         if len(set(names)) != len(names):
             raise ValueError(f"Eagle needs distinct encoder names (its fixed expert order), got {names}")
@@ -177,7 +199,9 @@ class EagleBridge(PrefixBridge):
         dtype = next(self.parameters()).dtype  # encoders may run in another precision than the bridge
         # A loop over the small, fixed expert list: grids and widths differ per expert, so there is nothing to batch.
         return [
-            to_grid(features[e.name].patches(), features[e.name].grid, self.grid, self.unshuffle[e.name]).to(dtype)
+            to_grid(
+                features[e.name].patches(), features[e.name].grid, self.grid, self.unshuffle[e.name], self.config.downsample
+            ).to(dtype)
             for e in experts
         ]
 

@@ -7,6 +7,11 @@ identity and the bridge is LLaVA-1.5 on the deep layer. The reference is ``MSCro
 ``yuecao0119/MMFuser`` ``llava/model/multimodal_projector/ms_cross_attn.py`` (BRIDGES.md section 5); the
 projector is ``nn.Sequential(MSCrossAttnBlock, Linear, GELU, Linear)`` there.
 
+Token count (a toolkit extension, not in the paper): ``num_tokens = s * s`` puts the queries on an ``s x s`` grid,
+the deep layer average-pooled to it (MM1's pooling), with reference points at the pooled cells' centres; the keys
+and values stay the full-resolution shallow layers, so each pooled query still samples the fine grid. The paper
+keeps every patch (``num_tokens=None``), which this reduces to exactly.
+
 Layers: the paper uses CLIP ViT-L/14-336 blocks 3, 8, 13, 18 (keys/values) and 23 (query), 1-indexed, i.e.
 0-based block indices 2, 7, 12, 17, 22 = ``[-22, -17, -12, -7, -2]`` (:func:`encoders.base.resolve_layers`).
 :func:`spread_layers` places the same depth fractions on any encoder. Video frames are treated as images.
@@ -23,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -31,6 +37,7 @@ from bridges.common.attention import attend
 from bridges.common.deformable import MSDeformAttn, ms_deform_attn_flops, reference_points_grid
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.checks import at_least
+from bridges.common.token_grid import from_grid, pooled_side, to_grid
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
 
@@ -66,6 +73,8 @@ class MMFuserConfig:
         init_values: initial value of the ``gamma1``/``gamma2`` scales (code: 0, so the fuser starts as identity).
         norm_eps: LayerNorm epsilon (code: 1e-6).
         projector: LLaVA projector after the fuser (code and LLaVA-1.5: ``mlp2x_gelu``).
+        num_tokens: visual tokens per image, a square ``s * s`` with ``s`` at most the grid's shorter side: the
+            queries' grid (see the module docstring). ``None`` = every patch, as in the paper.
     """
 
     layers: list[int] | None = None
@@ -76,10 +85,12 @@ class MMFuserConfig:
     init_values: float = 0.0
     norm_eps: float = 1e-6
     projector: str = "mlp2x_gelu"
+    num_tokens: int | None = None
 
     def __post_init__(self) -> None:
         """Range checks: a bad value fails here, naming the key, the value and the allowed range."""
         at_least(self, 1, "num_heads", "num_points")
+        at_least(self, 1, "num_tokens", optional=True)
 
 
 class DenseAttn(nn.Module):
@@ -133,27 +144,35 @@ class MSCrossAttnBlock(nn.Module):
             )
             self.gamma2 = nn.Parameter(torch.full((d_model,), config.init_values))
 
-    def forward(self, query: torch.Tensor, levels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        levels: torch.Tensor,
+        grid: tuple[int, int],
+        query_grid: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """Fuse.
 
         Args:
-            query: ``(N, h*w, C)`` deep-layer patch tokens, row-major over ``grid``.
+            query: ``(N, Hq*Wq, C)`` deep-layer tokens, row-major over ``query_grid``.
             levels: ``(N, L*h*w, C)`` shallow layers concatenated level-major, each row-major over ``grid``.
-            grid: the patch grid ``(h, w)``.
+            grid: the patch grid ``(h, w)`` of the levels.
+            query_grid: the queries' grid ``(Hq, Wq)``; ``None`` = ``grid`` (the paper).
 
         Returns:
-            ``(N, h*w, C)``.
+            ``(N, Hq*Wq, C)``.
         """
+        query_grid = query_grid or grid
         q = self.query_norm(query)
         kv = self.feat_norm(levels)
         if self.dense:
             attn = self.cross_attn(q, kv)
         else:
-            ref = reference_points_grid(*grid, device=query.device)  # float32 even for half inputs
+            ref = reference_points_grid(*query_grid, device=query.device)  # float32 even for half inputs
             attn = self.cross_attn(q, ref, kv, [grid] * self.n_levels)
         if self.self_attn is not None:
             a1 = self.norm1(attn)
-            refined = self.self_attn(a1, a1) if self.dense else self.self_attn(a1, ref, a1, [grid])
+            refined = self.self_attn(a1, a1) if self.dense else self.self_attn(a1, ref, a1, [query_grid])
             attn = attn + self.gamma2 * refined
         return query + self.gamma1 * attn
 
@@ -184,6 +203,7 @@ class MMFuserBridge(PrefixBridge):
             raise ValueError(f"mmfuser.layers needs a query layer and at least one key/value layer, got {layers}.")
         self.layers: tuple[int, ...] = layers
         self.check_io()
+        self.side = None if config.num_tokens is None else pooled_side("mmfuser", config.num_tokens, enc.grid)
         self.fuser = MSCrossAttnBlock(enc.width, len(layers) - 1, config)
         self.projector = build_projector(config.projector, enc.width, io.lm.hidden_size)
 
@@ -194,28 +214,31 @@ class MMFuserBridge(PrefixBridge):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"bridge.fuser": list(self.fuser.parameters()), "bridge.projector": list(self.projector.parameters())}
 
+    @property
+    def query_grid(self) -> tuple[int, int]:
+        """The queries' grid: the encoder grid, or ``s x s`` with ``num_tokens = s * s``."""
+        return self.io.encoder.grid if self.side is None else (self.side, self.side)
+
     def num_visual_tokens(self, num_frames: int = 1) -> int:
-        h, w = self.io.encoder.grid
-        return num_frames * h * w
+        return num_frames * math.prod(self.query_grid)
 
     def fuser_flops(self) -> int:
         """Forward FLOPs of the fuser for one image (see :func:`ms_deform_attn_flops` for what is counted)."""
-        h, w = self.io.encoder.grid
-        tokens, width, cfg = h * w, self.io.encoder.width, self.config
-        levels = len(self.layers) - 1
+        keys, queries = math.prod(self.io.encoder.grid), math.prod(self.query_grid)
+        width, cfg, levels = self.io.encoder.width, self.config, len(self.layers) - 1
         if cfg.attention == "dense":
-            flops = DenseAttn.flops(tokens, levels * tokens, width)
-            return flops + (DenseAttn.flops(tokens, tokens, width) if cfg.self_step else 0)
-        flops = ms_deform_attn_flops(tokens, levels * tokens, width, cfg.num_heads, levels, cfg.num_points)
+            flops = DenseAttn.flops(queries, levels * keys, width)
+            return flops + (DenseAttn.flops(queries, queries, width) if cfg.self_step else 0)
+        flops = ms_deform_attn_flops(queries, levels * keys, width, cfg.num_heads, levels, cfg.num_points)
         if cfg.self_step:
-            flops += ms_deform_attn_flops(tokens, tokens, width, cfg.num_heads, 1, cfg.num_points)
+            flops += ms_deform_attn_flops(queries, queries, width, cfg.num_heads, 1, cfg.num_points)
         return flops
 
     def flops_per_media(self, num_frames: int = 1) -> int:
         """Fuser + projector FLOPs; matmuls as 2 x multiply-adds, bilinear sampling as 8 per sampled value
-        (``bridges.common.deformable.GRID_SAMPLE_FLOPS``); norms, softmax and residuals are not counted."""
-        h, w = self.io.encoder.grid
-        proj = projector_flops(self.config.projector, self.io.encoder.width, self.io.lm.hidden_size, h * w)
+        (``bridges.common.deformable.GRID_SAMPLE_FLOPS``); norms, softmax, pooling and residuals are not counted."""
+        tokens = self.num_visual_tokens()
+        proj = projector_flops(self.config.projector, self.io.encoder.width, self.io.lm.hidden_size, tokens)
         return num_frames * (self.fuser_flops() + proj)
 
     def _features(self, features: Mapping[str, VisionFeatures]) -> VisionFeatures:
@@ -232,7 +255,7 @@ class MMFuserBridge(PrefixBridge):
         num_frames: int = 1,
         instruction: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``features`` of ``N_media * num_frames`` images -> ``(N_media, num_frames * h * w, D_lm)``."""
+        """``features`` of ``N_media * num_frames`` images -> ``(N_media, num_frames * Hq * Wq, D_lm)``."""
         feats = self._features(features)
         if feats.width != self.io.encoder.width:
             raise ValueError(f"mmfuser was built for width {self.io.encoder.width} but features have {feats.width}.")
@@ -244,7 +267,10 @@ class MMFuserBridge(PrefixBridge):
         h, w = feats.grid
         if tokens[0].shape[1] != h * w:
             raise ValueError(f"mmfuser needs the full patch grid {h}x{w}, got {tokens[0].shape[1]} tokens.")
-        fused = self.fuser(tokens[-1], torch.cat(tokens[:-1], dim=1), (h, w))
+        query = tokens[-1]
+        if self.side is not None:
+            query = from_grid(F.adaptive_avg_pool2d(to_grid(query, (h, w)), self.side))
+        fused = self.fuser(query, torch.cat(tokens[:-1], dim=1), (h, w), self.query_grid)
         return rearrange(self.projector(fused), "(n f) t d -> n (f t) d", f=num_frames)
 
 

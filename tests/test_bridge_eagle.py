@@ -109,6 +109,35 @@ def test_grid_size_override_and_errors() -> None:
         _bridge()({"a": _features(1)["a"]})
 
 
+@pytest.mark.parametrize("grid_size", [2, 1])
+def test_area_downsample_averages_every_patch_and_grows_bilinearly(grid_size: int) -> None:
+    # a (4x4), b (8x8 -> 4x4 after unshuffle) shrink by average pooling; c (3x3) shrinks too at 2 and 1
+    features = _features(2)
+    bridge = _bridge(grid_size=grid_size, downsample="area")
+    expected = []
+    for e in EXPERTS:
+        x = rearrange_grid(features[e.name].hidden[0], e.grid)
+        if e.name in UNSHUFFLE:
+            x = F.pixel_unshuffle(x, UNSHUFFLE[e.name])
+        expected.append(F.adaptive_avg_pool2d(x, grid_size).flatten(2).transpose(1, 2))
+    with torch.no_grad():
+        assert torch.allclose(torch.cat(bridge.expert_grids(features), -1), torch.cat(expected, -1), atol=1e-6)
+        # the released bilinear resize keeps only corner patches here: the two differ
+        corners = torch.cat(_bridge(grid_size=grid_size).expert_grids(features), -1)
+        assert not torch.allclose(corners, torch.cat(expected, -1), atol=1e-3)
+    assert bridge.num_visual_tokens() == grid_size**2
+    # a grid that grows (c at 3x3 -> 4x4) is resized bilinearly either way
+    grown = _bridge(downsample="area").expert_grids(features)[2]
+    torch.testing.assert_close(grown, _bridge().expert_grids(features)[2], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="downsample"):
+        _bridge(downsample="nearest")
+
+
+def rearrange_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(N, h*w, C)`` -> ``(N, C, h, w)``."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
 def test_samples_independent_permutation_and_frames() -> None:
     bridge = _bridge()
     features = _features(6)

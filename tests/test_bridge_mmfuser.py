@@ -115,6 +115,48 @@ def test_flops_per_media_match_the_flop_counter(attention: str, self_step: bool)
     assert bridge.flops_per_media(num_frames=3) == 3 * bridge.flops_per_media()
 
 
+def test_pooled_queries_give_the_token_count_and_reduce_to_the_paper_at_the_full_grid() -> None:
+    # GRID (3, 4) admits 1, 4 and 9 tokens; num_tokens = None is the paper, every patch
+    full = _bridge()
+    _randomise_gammas(full)
+    feats = _features(full, 2, num_prefix=1)
+    for tokens in (9, 4, 1):
+        pooled = _bridge(num_tokens=tokens)
+        pooled.load_state_dict(full.state_dict())
+        with torch.no_grad():
+            out = pooled(feats)
+            assert out.shape == (2, tokens, LM) and pooled.num_visual_tokens(2) == 2 * tokens
+            # at gamma = 0 the fuser is the identity: the bridge is the projector on the average-pooled deep layer
+            nn.init.zeros_(pooled.fuser.gamma1)
+            deep = feats["vit"].layer(pooled.layers[-1])[:, 1:].transpose(1, 2).reshape(2, WIDTH, *GRID)
+            side = int(tokens**0.5)
+            mean = torch.nn.functional.adaptive_avg_pool2d(deep, side).flatten(2).transpose(1, 2)
+            torch.testing.assert_close(pooled(feats), pooled.projector(mean), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"mmfuser: num_tokens=16 .*3 x 4 encoder grid.*\[1, 4, 9\]"):
+        _bridge(num_tokens=16)
+    # on a square grid, every patch as the token count is the paper's bridge exactly
+    square = BridgeIO(encoders=(EncoderInfo("vit", WIDTH, (3, 3), DEPTH),), lm=LMInfo(hidden_size=LM))
+    paper = BRIDGES.build({"name": "mmfuser", "num_heads": 4, "num_points": 2}, square).eval()
+    _randomise_gammas(paper)
+    nine = BRIDGES.build({"name": "mmfuser", "num_heads": 4, "num_points": 2, "num_tokens": 9}, square).eval()
+    nine.load_state_dict(paper.state_dict())
+    hidden = tuple(torch.randn(2, 9, WIDTH) for _ in paper.needs.layers)
+    feats = {"vit": VisionFeatures(hidden=hidden, layers=paper.needs.layers, grid=(3, 3), width=WIDTH)}
+    with torch.no_grad():
+        assert torch.equal(nine(feats), paper(feats))
+
+
+@pytest.mark.parametrize("attention", ["deformable", "dense"])
+def test_flops_with_pooled_queries_match_the_flop_counter(attention: str) -> None:
+    bridge = _bridge(attention=attention, num_tokens=4)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False, custom_mapping=grid_sample_flop_mapping()) as counter:
+            bridge(_features(bridge, 2))
+    counted = counter.get_total_flops() / 2
+    assert abs(bridge.flops_per_media() - counted) <= 0.1 * counted
+    assert bridge.flops_per_media() < _bridge(attention=attention).flops_per_media()
+
+
 def test_gradients_reach_the_gammas_and_the_fuser_learns() -> None:
     bridge = _bridge().train()
     feats = _features(bridge, 2)

@@ -126,13 +126,15 @@ def test_a_damaged_shipped_file_fails_naming_the_fix(tiny_shipped, tmp_path, mon
     assert shipped.check(["tiny"], damaged) == [f"{vit.name}/vit.safetensors: checksum differs"]
 
 
-@pytest.mark.parametrize("key, default, other", [
-    ("world.shipped", True, False),
-    ("data.options.spatial_ask_by", "colour_shape", "shape"),
-    ("data.options.spatial_question_first", False, True),
+@pytest.mark.parametrize("bridge, key, default, other", [
+    ("mlp", "world.shipped", True, False),
+    ("mlp", "data.options.spatial_ask_by", "colour_shape", "shape"),
+    ("mlp", "data.options.spatial_question_first", False, True),
+    ("eagle", "bridge.downsample", "bilinear", "area"),
+    ("mmfuser", "bridge.num_tokens", None, 4),
 ])
 def test_options_added_after_runs_were_made_keep_those_runs_resumable_and_pooled(
-    key: str, default: object, other: object, tmp_path: Path
+    bridge: str, key: str, default: object, other: object, tmp_path: Path
 ) -> None:
     """A run recorded before the key existed did what its default does: same config hash (so a sweep skips or
     resumes it) and one row with a run that records the default; a run at another value is kept apart."""
@@ -148,7 +150,7 @@ def test_options_added_after_runs_were_made_keep_those_runs_resumable_and_pooled
             config = config[part]
         return config
 
-    now = config_dict(validate_config(compose(["experiment=quick_ablation", "bridge=mlp"])))
+    now = config_dict(validate_config(compose(["experiment=quick_ablation", f"bridge={bridge}"])))
     assert parent(now)[leaf] == default, f"{key} is not at its default in the composed config"
     before, changed = json.loads(json.dumps(now)), json.loads(json.dumps(now))
     del parent(before)[leaf]
@@ -161,3 +163,14 @@ def test_options_added_after_runs_were_made_keep_those_runs_resumable_and_pooled
         rd.write_scores("attribute", {"task": "attribute", "n": 10, "exact_match": em})
     table = summarize(load_runs(tmp_path))
     assert sorted(table["seeds"].tolist()) == [1, 2]
+
+
+def test_a_bridge_scoped_neutral_default_leaves_the_same_key_of_other_bridges_in_the_hash() -> None:
+    """mmfuser's ``num_tokens=None`` is hash-neutral; pixel_shuffle's runs always hashed their ``num_tokens: None``."""
+    from experiments.harness.config import compose, config_dict, config_hash, validate_config
+
+    shuffle = config_dict(validate_config(compose(["experiment=quick_ablation", "bridge=pixel_shuffle"])))
+    assert shuffle["bridge"]["num_tokens"] is None
+    without = json.loads(json.dumps(shuffle))
+    del without["bridge"]["num_tokens"]
+    assert config_hash(without) != config_hash(shuffle)

@@ -39,6 +39,7 @@ NEUTRAL_DEFAULTS = (
     ("world.shipped", True),
     ("data.options.spatial_ask_by", "colour_shape"),
     ("data.options.spatial_question_first", False),
+    ("bridge.downsample", "bilinear"),
 )
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -25,11 +26,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 
 from encoders.registry import ConfigError, merge_config
 from experiments.harness.checks import check_components, check_ranges, component_registry, encoder_count
 
 CONFIG_MODULE = "experiments.configs"
+
+
+def square_side(tokens: int) -> int:
+    """``s`` for ``tokens = s * s``: the ``${square_side:...}`` resolver, which turns a token count into a grid side
+    for a bridge whose knob is the side (Eagle's ``grid_size`` in ``experiment=token_sweep``)."""
+    side = math.isqrt(tokens) if isinstance(tokens, int) and tokens > 0 else 0
+    if side * side != tokens:
+        raise ConfigError(f"{tokens!r} visual tokens is not a square grid s x s; use 1, 4, 9, 16, ...")
+    return side
+
+
+OmegaConf.register_new_resolver("square_side", square_side, replace=True)
 
 
 @dataclass
@@ -202,6 +216,7 @@ class RunConfig:
 # Keys that do not change what a run computes: excluded from the config hash, so changing them keeps a run
 # resumable (and a finished run skippable).
 NON_SEMANTIC_KEYS = (
+    "by_bridge",  # its effect on a run is already in the sections it merged into; other bridges' fragments have none
     "name",
     "run_dir",
     "resume",
@@ -247,12 +262,24 @@ def _check_keys(node: Any, cls: type, path: str) -> None:
 
 
 def to_container(cfg: Any) -> Any:
-    """A plain, resolved Python container of an OmegaConf node (or the value itself)."""
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
+    """A plain, resolved Python container of an OmegaConf node (or the value itself).
+
+    Raises:
+        ConfigError: a resolver of ours refused a value; the message names the key it was resolving.
+    """
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    return cfg
+        cfg = OmegaConf.structured(cfg)
+    if not isinstance(cfg, (DictConfig, ListConfig)):
+        return cfg
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, ConfigError):  # OmegaConf re-raises it along the way
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise ConfigError(f"{err.full_key}: {cause}") from None
 
 
 def validate_config(cfg: Mapping[str, Any] | DictConfig | RunConfig) -> RunConfig:
@@ -263,7 +290,7 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig | RunConfig) -> RunConfi
     """
     if isinstance(cfg, RunConfig):
         return cfg
-    data = to_container(cfg)
+    data = to_container(_own_fragment_only(cfg))
     if not isinstance(data, Mapping):
         raise ConfigError(f"A run config must be a mapping, got {type(data).__name__}")
     data = {k: v for k, v in data.items() if k != "hydra"}
@@ -288,10 +315,28 @@ def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+def _bridge_name(bridge: Any) -> str | None:
+    if isinstance(bridge, str):
+        return bridge
+    return bridge.get("name") if isinstance(bridge, Mapping) else None
+
+
+def _own_fragment_only(cfg: Any) -> Any:
+    """``cfg`` with ``by_bridge`` cut to the run's own bridge's fragment, before anything is resolved: another
+    bridge's fragment may not resolve for this run (``${square_side:...}`` of a count only Eagle must make square)."""
+    if not isinstance(cfg, DictConfig) or not isinstance(cfg.get("by_bridge"), DictConfig):
+        return cfg
+    name = _bridge_name(cfg.get("bridge"))
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.by_bridge = {k: v for k, v in cfg.by_bridge.items_ex(resolve=False) if k == name}
+    return cfg
+
+
 def _apply_by_bridge(data: dict[str, Any]) -> dict[str, Any]:
     """Merge ``by_bridge[<bridge name>]`` onto the config (``encoder`` is replaced whole: an encoder set differs)."""
     bridge, table = data.get("bridge"), data.get("by_bridge") or {}
-    name = bridge if isinstance(bridge, str) else (bridge or {}).get("name") if isinstance(bridge, Mapping) else None
+    name = _bridge_name(bridge)
     if name not in table:
         return data
     fragment = table[name] or {}
@@ -396,7 +441,11 @@ HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, Any], ...] = (
     ("world.shipped", True),  # where the world's backbones come from, not what they are (same bytes either way)
     ("data.options.spatial_ask_by", "colour_shape"),
     ("data.options.spatial_question_first", False),
+    ("bridge.downsample", "bilinear"),  # only Eagle has it
 )
+# The same for an option of one bridge whose key other bridges already use with that value (pixel_shuffle's
+# num_tokens is None by default too, and its runs hashed it): bridge name -> {bridge key: default}.
+BRIDGE_HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {"mmfuser": {"num_tokens": None}}
 
 
 def _drop_default(data: Any, dotted: str, default: Any) -> None:
@@ -419,6 +468,10 @@ def config_hash(run: RunConfig | Mapping[str, Any]) -> str:
         _drop(data, key)
     for key, default in HASH_NEUTRAL_DEFAULTS:
         _drop_default(data, key, default)
+    bridge = data.get("bridge")
+    if isinstance(bridge, dict):
+        for key, default in BRIDGE_HASH_NEUTRAL_DEFAULTS.get(bridge.get("name"), {}).items():
+            _drop_default(bridge, key, default)
     blob = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
