@@ -198,11 +198,10 @@ class EagleBridge(PrefixBridge):
             raise ValueError(f"Experts returned different image counts {sorted(counts)}; all must see the same images")
         dtype = next(self.parameters()).dtype  # encoders may run in another precision than the bridge
         # A loop over the small, fixed expert list: grids and widths differ per expert, so there is nothing to batch.
+        down = self.config.downsample
         return [
-            to_grid(
-                features[e.name].patches(), features[e.name].grid, self.grid, self.unshuffle[e.name], self.config.downsample
-            ).to(dtype)
-            for e in experts
+            to_grid(f.patches(), f.grid, self.grid, self.unshuffle[e.name], down).to(dtype)
+            for e, f in ((e, features[e.name]) for e in experts)
         ]
 
     def forward(
