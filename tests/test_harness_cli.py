@@ -42,6 +42,16 @@ def test_train_then_sweep_skips_finished_members_and_records_a_failure(tmp_path:
     assert "1 run(s) not finished" in capsys.readouterr().out
 
 
+def test_a_fixed_value_of_a_key_the_config_sweeps_lands_where_the_full_sweep_puts_it(tmp_path: Path) -> None:
+    # experiment=toy_seeds sweeps seed 0,1 in its config; seed=1 on the command line runs one member of it
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", SEARCH, "experiment=toy_seeds", f"run_dir={sweep}", "seed=1", "bridge.projector=linear"]) == 0
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["seed=1"]  # the fixed projector stays out
+    assert main(["sweep", SEARCH, "experiment=toy_seeds", f"run_dir={sweep}", "bridge.projector=linear"]) == 0
+    records = {p.name: json.loads((p / "run.json").read_text()) for p in sweep.iterdir() if p.is_dir()}
+    assert sorted(records) == ["seed=0", "seed=1"] and {r["seed"] for r in records.values()} == {0, 1}
+
+
 def test_config_errors_exit_with_a_message(capsys) -> None:
     assert main(["train", SEARCH, "experiment=toy", "trainer.max_stepz=3"]) == 2
     err = capsys.readouterr().err

@@ -135,12 +135,16 @@ def preflight(overrides: Sequence[str]) -> DictConfig:
 
 def sweep_dirname_override(overrides: Sequence[str], cfg: DictConfig) -> str:
     """An override that names each sweep member's directory by the keys that vary only (``bridge=mlp,seed=0``):
-    the command line's fixed overrides join the configured ``override_dirname.exclude_keys``."""
+    the command line's fixed overrides join the configured ``override_dirname.exclude_keys``, except a key the
+    config itself sweeps (``seed=2`` of a sweep over seeds 0, 1, 2 keeps ``seed=2`` in the name, so the member lands
+    where the full sweep puts it)."""
     excluded = list(cfg.hydra.job.config.override_dirname.exclude_keys)
+    swept = set(cfg.hydra.sweeper.get("params") or {})
     for override in overrides:
         key, sep, value = override.partition("=")
         key = key.lstrip("+~")
-        if sep and not is_sweep_value(value) and key not in excluded and not key.startswith("hydra"):
+        fixed = sep and not is_sweep_value(value) and key not in swept
+        if fixed and key not in excluded and not key.startswith("hydra"):
             excluded.append(key)
     quoted = ",".join(f"'{k}'" for k in excluded)
     return f"hydra.job.config.override_dirname.exclude_keys=[{quoted}]"
