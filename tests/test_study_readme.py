@@ -49,3 +49,16 @@ def test_the_report_commands_write_the_files_the_readme_links(tmp_path: Path, mo
         assert set(scores["bridge"]) == {"mlp", "hyper_attention"} and "trainable_params" in scores
         assert "| task | best | worst |" in (out / "table.md").read_text()
         assert (out / "plots" / "exact_match_vs_flops_per_sample.png").exists()
+
+
+def test_the_token_count_table_is_the_committed_scores() -> None:
+    """Every cell of the README's token-count table is mean ± std over the seeds in results/study/token_sweep."""
+    section = README.read_text().split("**The token count:", 1)[1].split("What it shows", 1)[0]
+    rows = re.findall(r"^\| (\w+) \| (\w+) \| (.+) \| (.+) \| (.+) \|$", section, re.M)[1:]  # the header row dropped
+    scores = pd.read_csv(README.parent / "results/study/token_sweep/scores.csv")
+    stats = scores.groupby(["bridge", "task", "visual_tokens_per_media"])["exact_match"].agg(["mean", "std", "count"])
+    assert {(b, t) for b, t, *_ in rows} == {(b, t) for b, t, _ in stats.index}  # every bridge and task, no others
+    for bridge, task, *cells in rows:
+        for tokens, cell in zip((16, 4, 1), cells, strict=True):
+            mean, std, count = stats.loc[(bridge, task, tokens)]
+            assert cell == f"{mean:.3f} ± {std:.3f}" and count == 3, (bridge, task, tokens, cell)
