@@ -14,13 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from bridges.base import BRIDGES, BridgeIO, BridgeNeeds, EncoderInfo, LMInfo, PrefixBridge
 from bridges.common.checks import at_least
 from bridges.common.features import encoder_features, frames_to_media, layer_tokens
 from bridges.common.projector import build_projector, projector_flops
-from bridges.common.token_grid import from_grid, pooled_side, to_grid
+from bridges.common.token_grid import average_pool, pooled_side
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
 
@@ -80,7 +79,7 @@ class AvgPoolBridge(PrefixBridge):
         """Pooled tokens before the projector, ``(N * F, num_tokens, Dv)``."""
         feats = encoder_features(features, self.io.encoder.name)
         tokens = layer_tokens(feats, self.absolute_layer, dtype=self.projector[0].weight.dtype)
-        return from_grid(F.adaptive_avg_pool2d(to_grid(tokens, self.io.encoder.grid), self.side))
+        return average_pool(tokens, self.io.encoder.grid, self.side)
 
     def forward(
         self,

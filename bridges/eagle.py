@@ -198,11 +198,11 @@ class EagleBridge(PrefixBridge):
             raise ValueError(f"Experts returned different image counts {sorted(counts)}; all must see the same images")
         dtype = next(self.parameters()).dtype  # encoders may run in another precision than the bridge
         # A loop over the small, fixed expert list: grids and widths differ per expert, so there is nothing to batch.
-        down = self.config.downsample
-        return [
-            to_grid(f.patches(), f.grid, self.grid, self.unshuffle[e.name], down).to(dtype)
-            for e, f in ((e, features[e.name]) for e in experts)
-        ]
+        grids = []
+        for e in experts:
+            f = features[e.name]
+            grids.append(to_grid(f.patches(), f.grid, self.grid, self.unshuffle[e.name], self.config.downsample))
+        return [g.to(dtype) for g in grids]
 
     def forward(
         self,

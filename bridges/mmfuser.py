@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -37,7 +36,7 @@ from bridges.common.attention import attend
 from bridges.common.deformable import MSDeformAttn, ms_deform_attn_flops, reference_points_grid
 from bridges.common.projector import build_projector, projector_flops
 from bridges.common.checks import at_least
-from bridges.common.token_grid import from_grid, pooled_side, to_grid
+from bridges.common.token_grid import average_pool, pooled_side
 from bridges.presets import BridgePreset, register_preset
 from encoders.base import VisionFeatures, resolve_layers
 
@@ -269,7 +268,7 @@ class MMFuserBridge(PrefixBridge):
             raise ValueError(f"mmfuser needs the full patch grid {h}x{w}, got {tokens[0].shape[1]} tokens.")
         query = tokens[-1]
         if self.side is not None:
-            query = from_grid(F.adaptive_avg_pool2d(to_grid(query, (h, w)), self.side))
+            query = average_pool(query, (h, w), self.side)
         fused = self.fuser(query, torch.cat(tokens[:-1], dim=1), (h, w), self.query_grid)
         return rearrange(self.projector(fused), "(n f) t d -> n (f t) d", f=num_frames)
 

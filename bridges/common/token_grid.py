@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
 
@@ -28,6 +29,17 @@ def from_grid(x: torch.Tensor) -> torch.Tensor:
     return rearrange(x, "n c h w -> n (h w) c")
 
 
+def average_pool(tokens: torch.Tensor, grid: tuple[int, int], side: int) -> torch.Tensor:
+    """``(N, h*w, C)`` row-major patch tokens -> ``(N, side*side, C)``: adaptive average pooling of the grid."""
+    return from_grid(F.adaptive_avg_pool2d(to_grid(tokens, grid), side))
+
+
+def square_side(num_tokens: object) -> int | None:
+    """``s`` when ``num_tokens`` is a positive perfect square ``s * s``, else ``None``."""
+    side = math.isqrt(num_tokens) if isinstance(num_tokens, int) and num_tokens > 0 else 0
+    return side if side and side * side == num_tokens else None
+
+
 def pooled_side(bridge: str, num_tokens: int, grid: tuple[int, int]) -> int:
     """The side ``s`` of the square ``s x s`` grid that ``num_tokens`` asks for, checked against the encoder grid.
 
@@ -36,8 +48,8 @@ def pooled_side(bridge: str, num_tokens: int, grid: tuple[int, int]) -> int:
     """
     h, w = grid
     valid = [s * s for s in range(1, min(h, w) + 1)]
-    side = math.isqrt(num_tokens) if isinstance(num_tokens, int) and num_tokens > 0 else 0
-    if side < 1 or side * side != num_tokens or side > min(h, w):
+    side = square_side(num_tokens)
+    if side is None or side > min(h, w):
         raise ValueError(
             f"{bridge}: num_tokens={num_tokens!r} cannot be pooled from the {h} x {w} encoder grid: it must be a "
             f"square s * s with s <= {min(h, w)}. Valid counts for this grid: {valid}."

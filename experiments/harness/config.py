@@ -17,7 +17,6 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import re
 import types
 import typing
@@ -28,22 +27,23 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
+from bridges.common.token_grid import square_side
 from encoders.registry import ConfigError, merge_config
 from experiments.harness.checks import check_components, check_ranges, component_registry, encoder_count
 
 CONFIG_MODULE = "experiments.configs"
 
 
-def square_side(tokens: int) -> int:
+def _square_side_resolver(tokens: int) -> int:
     """``s`` for ``tokens = s * s``: the ``${square_side:...}`` resolver, which turns a token count into a grid side
     for a bridge whose knob is the side (Eagle's ``grid_size`` in ``experiment=token_sweep``)."""
-    side = math.isqrt(tokens) if isinstance(tokens, int) and tokens > 0 else 0
-    if side * side != tokens:
+    side = square_side(tokens)
+    if side is None:
         raise ConfigError(f"{tokens!r} visual tokens is not a square grid s x s; use 1, 4, 9, 16, ...")
     return side
 
 
-OmegaConf.register_new_resolver("square_side", square_side, replace=True)
+OmegaConf.register_new_resolver("square_side", _square_side_resolver, replace=True)
 
 
 @dataclass
