@@ -132,6 +132,31 @@ def test_load_run_rebuilds_the_trained_model(tmp_path: Path) -> None:
     assert loaded.answer(samples, max_new_tokens=3) == [r["prediction"] for r in records]
 
 
+def test_stages_after_one_that_trained_the_encoder_do_not_read_the_pretrained_features(tmp_path: Path) -> None:
+    """The cache holds the pretrained encoder's features; after a stage that trained the encoder (Eagle's
+    pre-alignment), a frozen stage must see the trained one: the same losses as without the cache."""
+    from experiments.harness import feature_cache
+
+    feature_cache.clear()
+    stages = {
+        "tune": {"trainable": ["bridge*", "encoder"], "lr": 3e-2, "max_steps": 3},
+        "align": {"trainable": ["bridge*"], "lr": 3e-3, "max_steps": 3},
+    }
+    base = {"eval.enabled": False, "efficiency.flops": False, "stages": stages}
+    warm = {**base, "stages": {"align": stages["align"]}, "train.cache_features": True}
+    run(harness_toy.toy_config(**warm), run_dir=tmp_path / "warm")  # the pretrained encoder's features, cached
+    plain = run(harness_toy.toy_config(**base), run_dir=tmp_path / "plain")
+    cached = run(harness_toy.toy_config(**base, **{"train.cache_features": True}), run_dir=tmp_path / "cached")
+    got, want = _losses(RunDir(cached.run_dir)), _losses(RunDir(plain.run_dir))
+    assert [s for s, *_ in got] == ["tune"] * 3 + ["align"] * 3
+    assert [loss for *_, loss in got] == pytest.approx([loss for *_, loss in want], rel=1e-4)
+    assert [s["perf"]["feature_cache"] for s in RunDir(cached.run_dir).read()["stages"]] == [False, False]
+    first = {**base, "stages": {"align": stages["align"], "tune": stages["tune"]}, "train.cache_features": True}
+    frozen_first = run(harness_toy.toy_config(**first), run_dir=tmp_path / "frozen_first")
+    assert [s["perf"]["feature_cache"] for s in RunDir(frozen_first.run_dir).read()["stages"]] == [True, False]
+    feature_cache.clear()
+
+
 def test_a_failing_run_records_its_error(tmp_path: Path) -> None:
     cfg = harness_toy.toy_config(**{"stages.align.trainable": ["bridge*", "lm.lorra"]})
     with pytest.raises(ConfigError, match="pattern 'lm.lorra' matches no parameter group"):

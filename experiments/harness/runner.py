@@ -223,12 +223,16 @@ def _execute(run: RunConfig, rd: RunDir, reevaluate: bool = False) -> dict[str, 
     plans: dict[str, dict[str, int]] = {}
     ever_trainable: set[int] = set()
     module: BridgeLitModule | None = None
+    encoder_params = {id(p) for p in model.encoders.parameters()} if hasattr(model, "encoders") else set()
     for i, (name, stage) in enumerate(run.stages.items()):
         plan = apply_stage(model, name, stage)
         saved += [g for g in ("bridge", *plan.trainable_groups) if g not in saved]
         bplan = batch_plan(run, stage)
         plans[name] = bplan.as_dict()
         stage_params[name] = count_params(model)
+        # the cache keys features by the encoders' config, so it holds the pretrained encoders' features: once a
+        # stage has trained an encoder, later frozen stages must encode afresh
+        identity = None if encoder_params & ever_trainable else cache_identity
         ever_trainable |= {id(p) for p in model.parameters() if p.requires_grad}
         module = lit_module_class(stage)(model, name, stage, plan, saved, resolved, run.eval.max_new_tokens)
         final = rd.final_checkpoint(name)
@@ -250,7 +254,7 @@ def _execute(run: RunConfig, rd: RunDir, reevaluate: bool = False) -> dict[str, 
             if ckpt:
                 log.info("Stage '%s': resuming from %s (step %d)", name, ckpt, resume_step)
             stage_perf[name] = _fit_stage(run, rd, module, data, stage, bplan, name, names[i + 1 :], offset,
-                                          ckpt, resume_step, train_collate, eval_collate, cache_identity)
+                                          ckpt, resume_step, train_collate, eval_collate, identity)
         record["perf"] = stage_perf[name]
         stage_records.append(record)
         if zero:
@@ -293,7 +297,7 @@ def _fit_stage(
     resume_step: int,
     train_collate: Any,
     eval_collate: Any,
-    cache_identity: tuple[Any, ...] = (),
+    cache_identity: tuple[Any, ...] | None = (),
 ) -> dict[str, Any]:
     jsonl = JsonlLogger(rd, name, offset, resume_step, tuple(later))
     datamodule = BridgeDataModule(
@@ -318,7 +322,7 @@ def _fit_stage(
         run, max_steps=stage.max_steps, plan=bplan, grad_clip=stage.grad_clip, callbacks=callbacks,
         loggers=loggers, model=module.model,
     )
-    use_cache = run.train.cache_features and bplan.world_size == 1
+    use_cache = cache_identity is not None and run.train.cache_features and bplan.world_size == 1
     with feature_cache.cached_encoders(module.model, cache_identity) if use_cache else nullcontext(False) as cached:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=False)
     jsonl.flush()  # every record of the stage is on disk before final.ckpt says the stage is done
