@@ -88,11 +88,20 @@ class Bridge(nn.Module, abc.ABC):
 
     kind: ClassVar[Literal["prefix", "inject"]]
     registry_name: ClassVar[str]
+    #: settings a training stage may give the bridge (``stages.<name>.bridge_options``; see :meth:`configure_stage`)
+    stage_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, io: BridgeIO) -> None:
         super().__init__()
         self.config = config
         self.io = io
+
+    def configure_stage(self, **options: Any) -> None:
+        """Take a training stage's settings (keys of :attr:`stage_options`) at the stage start; a stage without
+        any restores the config's behaviour. Bridges with stage options override this; the harness checks the
+        keys against :attr:`stage_options` before the first stage."""
+        if options:
+            raise ValueError(f"Bridge '{self.registry_name}' takes no stage options, got {sorted(options)}")
 
     @property
     @abc.abstractmethod

@@ -114,6 +114,8 @@ def to_grid(
 class EagleBridge(PrefixBridge):
     """``E`` experts' ``(N_media * F, P_e, C_e)`` -> ``(N_media, F * G, D_lm)`` (``F * E * G`` for sequence_append)."""
 
+    stage_options = ("pre_align_expert",)
+
     def __init__(self, config: EagleBridgeConfig, io: BridgeIO) -> None:
         super().__init__(config, io)
         self.check_io()
@@ -145,6 +147,12 @@ class EagleBridge(PrefixBridge):
             self.expert_projectors = nn.ModuleList(build_projector(kind, c, d_lm) for c in self.widths)
         self.active_expert: int | None = None
         self.pre_align(config.pre_align_expert)
+
+    def configure_stage(self, pre_align_expert: str | None = None, **options: Any) -> None:
+        """A stage's ``bridge_options``: ``{pre_align_expert: <expert>}`` for the paper's pre-alignment stage; a
+        stage without it uses the config's ``pre_align_expert`` (joint use by default)."""
+        super().configure_stage(**options)
+        self.pre_align(pre_align_expert if pre_align_expert is not None else self.config.pre_align_expert)
 
     def pre_align(self, expert: str | None) -> None:
         """Select the expert aligned alone in the ``pre_alignment`` stage, or ``None`` for joint use."""

@@ -72,6 +72,8 @@ class StageConfig:
             ``experiments/harness/objectives.py``).
         objective_options: settings of the objective (``qformer_pretrain``: the fields of
             ``bridges.qformer_pretrain.QFormerPretrainConfig``, e.g. ``{embed_dim: 64}``).
+        bridge_options: settings the bridge takes for this stage (its ``stage_options``), e.g. Eagle's
+            pre-alignment stage ``{pre_align_expert: expert}``; a stage without them runs the bridge as configured.
     """
 
     trainable: list[str] = field(default_factory=lambda: ["bridge"])
@@ -88,6 +90,7 @@ class StageConfig:
     tasks: list[str] | None = None
     objective: str = "lm"
     objective_options: dict[str, Any] = field(default_factory=dict)
+    bridge_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -438,6 +441,7 @@ HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, Any], ...] = (
     ("bridge.resampler", "perceiver"),
     ("stages.*.objective", "lm"),
     ("stages.*.objective_options", {}),
+    ("stages.*.bridge_options", {}),
     ("world.shipped", True),  # where the world's backbones come from, not what they are (same bytes either way)
     ("data.options.spatial_ask_by", "colour_shape"),
     ("data.options.spatial_question_first", False),

@@ -224,7 +224,9 @@ def _execute(run: RunConfig, rd: RunDir, reevaluate: bool = False) -> dict[str, 
     ever_trainable: set[int] = set()
     module: BridgeLitModule | None = None
     encoder_params = {id(p) for p in model.encoders.parameters()} if hasattr(model, "encoders") else set()
+    check_bridge_options(model.bridge, run)
     for i, (name, stage) in enumerate(run.stages.items()):
+        model.bridge.configure_stage(**stage.bridge_options)
         plan = apply_stage(model, name, stage)
         saved += [g for g in ("bridge", *plan.trainable_groups) if g not in saved]
         bplan = batch_plan(run, stage)
@@ -281,6 +283,18 @@ def _execute(run: RunConfig, rd: RunDir, reevaluate: bool = False) -> dict[str, 
                                                                        if id(p) in ever_trainable))
         )
     return metrics
+
+
+def check_bridge_options(bridge: Any, run: RunConfig) -> None:
+    """Every stage's ``bridge_options`` are settings the bridge takes, checked before the first stage trains."""
+    for name, stage in run.stages.items():
+        unknown = sorted(set(stage.bridge_options) - set(bridge.stage_options))
+        if unknown:
+            takes = ", ".join(bridge.stage_options) or "none"
+            raise ConfigError(
+                f"stages.{name}.bridge_options has {unknown}, which bridge '{bridge.registry_name}' does not take "
+                f"(its stage options: {takes})."
+            )
 
 
 def _fit_stage(
