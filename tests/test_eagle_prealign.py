@@ -83,6 +83,7 @@ def test_stage_options_a_bridge_does_not_take_fail_before_training(tmp_path: Pat
 @pytest.mark.parametrize("stages, expected", [("align", ["align"]), ("eagle_prealign", ["pre_align", "align"])])
 def test_the_repro_sweep_has_both_arms_at_both_joint_lengths(stages: str, expected: list[str]) -> None:
     cfg = compose(["experiment=repro/eagle_prealign"], with_hydra=True)
+    assert cfg.hydra.sweeper.params["bridge"] == "eagle"  # not the quick ablation's seven bridges it inherits
     assert cfg.hydra.sweeper.params["stages"] == "align,eagle_prealign"
     assert cfg.hydra.sweeper.params["stages.align.max_steps"] == "200,300"
     run_cfg = validate_config(compose(["experiment=repro/eagle_prealign", f"stages={stages}"]))
