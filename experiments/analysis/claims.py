@@ -162,7 +162,10 @@ CLAIMS: tuple[Claim, ...] = (
           "eagle_prealign", FINE,
           Variant("pre-aligned, 100 + 200 steps", {"stages": "eagle_prealign", "stages.align.max_steps": "200"}),
           Variant("joint only, 200 steps", {"stages": "align", "stages.align.max_steps": "200"}),
-          note="the pre-aligned arm trains 100 more steps (on the expert); eagle_prealign.matched_steps checks that"),
+          note="the pre-aligned arm trains 100 more steps (on the expert); eagle_prealign.matched_steps checks that. "
+               "'trainable params' counts every parameter of a trained group: the per-expert projectors (66,048, "
+               "unused outside pre_align) in both arms and, for pre_align's `encoder` group, the ViT too, which "
+               "gets no gradient there (its tokens are not used)"),
     Claim("eagle_prealign.matched_steps", EAGLE, "the Pre-Alignment stage (training-strategy figure) [recall]",
           "pre-alignment beats giving the same steps to the joint projector.", "eagle_prealign", FINE,
           Variant("pre-aligned, 100 + 200 steps", {"stages": "eagle_prealign", "stages.align.max_steps": "200"}),
