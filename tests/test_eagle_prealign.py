@@ -92,3 +92,15 @@ def test_the_repro_sweep_has_both_arms_at_both_joint_lengths(stages: str, expect
         pre = run_cfg.stages["pre_align"]
         assert pre.bridge_options == {"pre_align_expert": "expert"} and "expert" in run_cfg.encoder
         assert pre.trainable == ["bridge.pre_alignment", "encoder"] and pre.group_lr == {"encoder": 5e-5}
+
+
+def test_unfrozen_experts_train_at_a_backbones_rate_and_the_bridge_at_its_own() -> None:
+    from experiments.harness.stages import resolve_lr
+
+    cfg = compose(["experiment=repro/eagle_unfrozen_slow"], with_hydra=True)
+    assert cfg.hydra.sweeper.params["bridge"] == "eagle"
+    unfrozen = '["bridge*","lm.new_tokens","encoder"]'
+    stage = validate_config(compose(["experiment=repro/eagle_unfrozen_slow", f"stages.align.trainable={unfrozen}"]))
+    align = stage.stages["align"]
+    assert align.trainable == ["bridge*", "lm.new_tokens", "encoder"]
+    assert resolve_lr("encoder", align) == 5e-5 and resolve_lr("bridge.projector", align) == 2e-3
