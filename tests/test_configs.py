@@ -124,6 +124,9 @@ def test_every_config_file(group: str, option: str, tiny_world: list[str]) -> No
             overrides["encoder"] = {"vit": {"world": "vit"}, "expert": {"world": "expert"}}
     elif group == "encoder" and option != "world" and not option.startswith("tiny"):
         overrides["encoder"] = {**run.encoder, "meta_device": True}
+    elif group == "stages" and option == "eagle_prealign":  # Eagle's pre-alignment: its variant and two experts
+        overrides["bridge"] = {"name": "eagle", "variant": "pre_alignment"}
+        overrides["encoder"] = {"vit": {"world": "vit"}, "expert": {"world": "expert"}}
     elif group == "stages":  # stage 1 of BLIP-2 trains a Q-Former (with its text layers); the others any bridge
         overrides["bridge"] = _tiny_bridge("mlp") if option != "qformer_stage1" else {
             **_tiny_bridge("qformer"), "text_layers": True, "vocab_size": 80}
@@ -132,6 +135,7 @@ def test_every_config_file(group: str, option: str, tiny_world: list[str]) -> No
     assert model.bridge.num_visual_tokens(1) > 0
     if group == "stages":
         for name, stage in validate_config(spec).stages.items():
+            model.bridge.configure_stage(**stage.bridge_options)
             plan = apply_stage(model, name, stage)
             assert plan.trainable_params > 0
 
