@@ -209,8 +209,9 @@ class EagleBridge(PrefixBridge):
         grids = []
         for e in experts:
             f = features[e.name]
-            grids.append(to_grid(f.patches(), f.grid, self.grid, self.unshuffle[e.name], self.config.downsample))
-        return [g.to(dtype) for g in grids]
+            grid = to_grid(f.patches(), f.grid, self.grid, self.unshuffle[e.name], self.config.downsample)
+            grids.append(grid.to(dtype))
+        return grids
 
     def forward(
         self,

@@ -59,6 +59,17 @@ def encode(world: Any, layer: int, n: int, seed: int, batch: int = 200) -> tuple
     return np.concatenate(features), objects
 
 
+def _images_with(shape: int, objects: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the images that hold ``shape``, and its quadrant in each."""
+    hits = [(i, q) for i, objs in enumerate(objects) for s, q in objs if s == shape]
+    return np.array([i for i, _ in hits], dtype=int), np.array([q for _, q in hits])
+
+
+def _first_drawn(objects: Sequence[tuple]) -> np.ndarray:
+    """The quadrant of each image's first-drawn object (the control label: the image cannot tell which it is)."""
+    return np.array([objs[0][1] for objs in objects])
+
+
 def binding_probe(world: Any, layer: int = -1, train: int = 3000, test: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Per-shape quadrant probes and the control probe (see the module docstring); accuracies on ``test`` held-out
     images, drawn from another seed than the ``train`` ones."""
@@ -66,14 +77,9 @@ def binding_probe(world: Any, layer: int = -1, train: int = 3000, test: int = 10
     test_x, test_objects = encode(world, layer, test, seed + 1)
     per_shape = {}
     for shape, name in enumerate(SHAPES):
-        def rows(objects: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
-            hits = [(i, q) for i, objs in enumerate(objects) for s, q in objs if s == shape]
-            return np.array([i for i, _ in hits], dtype=int), np.array([q for _, q in hits])
-
-        (tr, tr_y), (te, te_y) = rows(train_objects), rows(test_objects)
+        (tr, tr_y), (te, te_y) = _images_with(shape, train_objects), _images_with(shape, test_objects)
         per_shape[name] = {"accuracy": probe_accuracy(train_x[tr], tr_y, test_x[te], te_y), "test_images": len(te)}
-    first = lambda objects: np.array([objs[0][1] for objs in objects])  # noqa: E731
-    control = probe_accuracy(train_x, first(train_objects), test_x, first(test_objects))
+    control = probe_accuracy(train_x, _first_drawn(train_objects), test_x, _first_drawn(test_objects))
     mean = float(np.mean([v["accuracy"] for v in per_shape.values()]))
     return {"layer": layer, "train_images": train, "test_images": test, "seed": seed, "chance": 0.25,
             "places_without_binding": 0.5, "where_is_shape": per_shape, "where_is_shape_mean": mean,
