@@ -109,20 +109,24 @@ def cells(md: Callable[[str], Cell], code: Callable[[str], Cell], params: Callab
             ## Flamingo's gates over training
 
             `|tanh alpha|` of each gated cross-attention and dense block, logged as `gate/<attn|ff>/layer<i>` scalars
-            during the `experiment=repro/flamingo_gate` runs (`experiments.harness.gate_log`) and copied into
-            `results/repro/flamingo_gate/gates.csv` by the collector. The paper's figure: the gates start at 0 and
-            open during training, more in deeper layers.
+            during the runs (`experiments.harness.gate_log`) and copied into `results/repro/<experiment>/gates.csv` by
+            the collector: `experiment=repro/flamingo_gate` on the world's 2-layer LM, and the every-layer runs of
+            `experiment=repro/flamingo_layers_deep` on the 4-layer LM of `world=deep`. The paper's figure: the gates
+            start at 0 and open during training, more in deeper layers.
             """
         ),
         code(
             r"""
-            gates_path = results / "flamingo_gate" / "gates.csv"
-            if gates_path.exists():
-                gates = paper_gates(pd.read_csv(gates_path))  # the paper's scalar gate when others ran too
-                display(gate_summary(gates).round(3))
-                display(Image(filename=str(plot_gate_series(gates, out / "flamingo_gates.png"))))
-            else:
-                print(f"gate figure: not run yet ({gates_path} missing)")
+            for experiment, figure in (("flamingo_gate", "flamingo_gates.png"),
+                                       ("flamingo_layers_deep", "flamingo_layers_deep_gates.png")):
+                gates_path = results / experiment / "gates.csv"
+                if gates_path.exists():
+                    gates = paper_gates(pd.read_csv(gates_path))  # the paper's design when others ran too
+                    display(Markdown(f"**experiment=repro/{experiment}**"))
+                    display(gate_summary(gates).round(3))
+                    display(Image(filename=str(plot_gate_series(gates, out / figure))))
+                else:
+                    print(f"gates of {experiment}: not run yet ({gates_path} missing)")
             """
         ),
     ]

@@ -123,6 +123,21 @@ def test_collect_copies_gate_series(tmp_path: Path) -> None:
     assert "gate/xattn/layer1: 0.000 -> 0.900" in detail
 
 
+def test_gate_verdict_reads_the_every_layer_runs_of_a_placement_sweep(tmp_path: Path) -> None:
+    """repro/flamingo_layers_deep sweeps bridge.xattn_layers: the gate figure is the paper's design (a block before
+    every layer), not a pool of placements whose layer keys overlap."""
+    sweep = tmp_path / "flamingo_layers_deep"
+    for seed in range(3):
+        write_run(sweep, {"bridge": "flamingo", "bridge.xattn_layers": "[0,1]"}, seed, {"distractor": 0.5},
+                  gates={"gate/attn/layer0": [0.0, 0.1, 0.2], "gate/attn/layer1": [0.0, 0.2, 0.3]})
+        write_run(sweep, {"bridge": "flamingo", "bridge.xattn_layers": "[1]"}, seed, {"distractor": 0.4},
+                  gates={"gate/attn/layer1": [0.5, 0.2, 0.0]})  # shrinks: would make a pooled verdict mixed
+    assert repro(["collect", str(sweep), "--out", str(tmp_path / "results")]) == 0
+    verdict, status, detail = gate_verdict(tmp_path / "results" / "flamingo_layers_deep" / "gates.csv")
+    assert (verdict, status) == ("holds", "done")
+    assert "gate/attn/layer1: 0.000 -> 0.300" in detail
+
+
 @pytest.mark.parametrize(
     "expected, baseline, direction, verdict",
     [
@@ -300,7 +315,7 @@ def test_reproductions_notebook_renders_results_and_not_run(tmp_path: Path) -> N
     assert "verdict rule: d = mean(expected)" in text
     assert "llava15: not run yet" not in text and "blip2_queries: not run yet" in text
     assert "mlp: stopped at N=32: context: 591 > 512" in text
-    assert "distractor curve: not run yet" not in text and "gate figure: not run yet" not in text
+    assert "distractor curve: not run yet" not in text and "gates of flamingo_gate: not run yet" not in text
     for figure in ("llava15.png", "flamingo_gate.png", "distractor_curve.png", "flamingo_gates.png"):
         assert (tmp_path / "figures" / figure).stat().st_size > 1000, figure
     assert not (tmp_path / "figures" / "blip2_queries.png").exists()

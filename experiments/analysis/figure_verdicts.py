@@ -4,10 +4,10 @@
 * Curve: at the largest number of images N that every bridge of the sweep reached, Hyper Attention's accuracy
   against the best other bridge's, by the rule of :mod:`experiments.analysis.verdict` (a ``better`` claim); how
   far each bridge got and why it stopped is printed beside it.
-* Gates (the scalar-gate runs when the sweep has other gates too): for each logged gate series (``gate/...`` key,
-  one per layer and kind), the mean over seeds of the first and the last logged ``|value|``; **holds** when every
-  series ends above where it started, **contradicted** when none does, otherwise **within noise**. Whether deeper
-  layers open more is shown (the last values by layer), not judged.
+* Gates (the scalar-gate, every-layer runs when the sweep has other gates or placements too): for each logged gate
+  series (``gate/...`` key, one per layer and kind), the mean over seeds of the first and the last logged
+  ``|value|``; **holds** when every series ends above where it started, **contradicted** when none does, otherwise
+  **within noise**. Whether deeper layers open more is shown (the last values by layer), not judged.
 """
 
 from __future__ import annotations
@@ -71,9 +71,13 @@ def curve_verdict(path: Path) -> tuple[str, str, str]:
 
 
 def paper_gates(gates: pd.DataFrame) -> pd.DataFrame:
-    """The series of the paper's gate (``bridge.gate=scalar``) when the sweep also ran other gates; else all."""
+    """The series of the paper's design when the sweep also ran others: the scalar gate (``bridge.gate``) and a block
+    before every LM layer (of ``bridge.xattn_layers``, the variant with the most layers); else all rows."""
     if "bridge.gate" in gates and (gates["bridge.gate"].astype(str) == "scalar").any():
-        return gates[gates["bridge.gate"].astype(str) == "scalar"]
+        gates = gates[gates["bridge.gate"].astype(str) == "scalar"]
+    if "bridge.xattn_layers" in gates and gates["bridge.xattn_layers"].notna().any():
+        sizes = gates["bridge.xattn_layers"].astype(str).str.count(",") + 1
+        gates = gates[sizes == sizes.max()]
     return gates
 
 

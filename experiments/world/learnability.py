@@ -24,15 +24,16 @@ from experiments.world.pretrain_lm import LMPretrainConfig, pretrain_lm
 from experiments.world.scenes import WorldConfig
 
 
-def measure(task: str, options: dict, steps: int, seed: int = 0, objects: int = 1) -> dict:
-    """Text-only QA of an LM pretrained ``steps`` steps on ``task`` alone (warm-up: the first fifth)."""
+def measure(task: str, options: dict, steps: int, seed: int = 0, objects: int = 1, layers: int = 2) -> dict:
+    """Text-only QA of an LM of ``layers`` layers pretrained ``steps`` steps on ``task`` alone (warm-up: the first
+    fifth)."""
     cfg = LMPretrainConfig(
         tasks=[task], spatial_objects=[objects], steps=steps, single_steps=steps // 5, task_options=options,
-        gate_tasks=[task], max_extra_rounds=0, seed=seed,
+        gate_tasks=[task], max_extra_rounds=0, seed=seed, num_layers=layers,
     )
     start = time.perf_counter()
-    _, quality = pretrain_lm(cfg, WorldConfig(), progress=False)
-    return {"task": task, "objects": objects, "options": options, "steps": steps, "seed": seed,
+    model, quality = pretrain_lm(cfg, WorldConfig(), progress=False)
+    return {"task": task, "objects": objects, "options": options, "steps": steps, "seed": seed, "layers": model.config.num_hidden_layers,
             "seconds": round(time.perf_counter() - start, 1), "text_qa": quality["text_qa"]}
 
 
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--option", action="append", default=[], help="a TaskOptions field, KEY=VALUE (YAML value)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=int, default=2, help="LM layers (the world LM has 2; world=deep 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the result depends on it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not sep:
             parser.error(f"--option {item!r}: expected KEY=VALUE, e.g. spatial_ask_by=shape")
         options[key] = yaml.safe_load(value)
-    print(json.dumps({**measure(args.task, options, args.steps, args.seed, args.objects), "threads": args.threads}))
+    print(json.dumps({**measure(args.task, options, args.steps, args.seed, args.objects, args.layers), "threads": args.threads}))
 
 
 if __name__ == "__main__":
