@@ -1,5 +1,5 @@
 """repro/flamingo_layers_deep: Flamingo's cross-attention frequency (every 1/2/4 layers, one in the middle) on the
-4-layer LM of world=deep. The sweep's placements are the paper's, and the world differs from world=full in depth only."""
+4-layer LM of world=deep. The sweep's placements are the paper's; the world is world=full's with a deeper LM."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ def swept_placements() -> list[list[int]]:
             for v in override.sweep_string_iterator()]
 
 
-def test_world_deep_is_world_full_with_a_four_layer_lm() -> None:
+def test_world_deep_is_world_full_with_a_four_layer_lm_trained_longer() -> None:
     deep, full = as_config(load_config(["world=deep"]).world), as_config(load_config(["world=full"]).world)
-    assert deep.lm.num_layers == 4 and full.lm.num_layers == 2
-    assert {**vars(deep.lm), "num_layers": 2} == vars(full.lm)
+    assert (deep.lm.num_layers, full.lm.num_layers) == (4, 2) and deep.lm.steps == 2 * full.lm.steps
+    assert {**vars(deep.lm), "num_layers": 2, "steps": full.lm.steps} == vars(full.lm)
     assert config_hash("vit", deep) == config_hash("vit", full) and config_hash("expert", deep) == config_hash(
         "expert", full)
     assert config_hash("lm", deep) != config_hash("lm", full)
