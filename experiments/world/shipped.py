@@ -2,17 +2,18 @@
 
 Pretraining the world's ViT, expert and LM takes about 9 minutes on two cores (measured 2026-12-01), more than half
 of the demo's budget. ``experiments/world/weights/`` holds the backbones that the README's worlds hash to
-(``world=default``, ``full``, ``transfer`` and ``binding``: one ViT, one expert, four LMs, about 9 MB), each in its
-cache layout (``<component>-<hash>/``), with their SHA-256 sums in ``SHA256SUMS``. When a backbone is not in the cache
-and its hash is shipped, :func:`install` copies it into the cache (verifying every file) instead of training it;
-``world.shipped=false`` trains it from scratch, as a changed config always does (a new hash is never shipped).
+(``world=default``, ``full``, ``transfer``, ``binding`` and ``deep``: one ViT, one expert, five LMs, about 11 MB),
+each in its cache layout (``<component>-<hash>/``), with their SHA-256 sums in ``SHA256SUMS``. When a backbone is not
+in the cache and its hash is shipped, :func:`install` copies it into the cache (verifying every file) instead of
+training it; ``world.shipped=false`` trains it from scratch, as a changed config always does (a new hash is never
+shipped).
 
 They are the project's own weights, trained offline by ``build_world_backbones`` (nothing is downloaded), and the
 ones behind ``results/demo/``, so ``make demo`` on a fresh clone runs the same models as the committed results.
 After a change to the world's recipes (a new hash), rebuild the worlds and refresh the shipped copies::
 
-    python -m experiments.world.shipped freeze --world default full transfer binding   # from the cache into weights/
-    python -m experiments.world.shipped check                                     # the sums and the hashes
+    python -m experiments.world.shipped freeze --world default full transfer binding deep   # cache -> weights/
+    python -m experiments.world.shipped check                                             # sums and hashes
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 SUMS_FILE = "SHA256SUMS"
-README_WORLDS = ("default", "full", "transfer", "binding")  # the worlds the README's commands use
+README_WORLDS = ("default", "full", "transfer", "binding", "deep")  # the worlds the README's commands use
 ENCODER_SPEC = "encoder.json"
 
 
