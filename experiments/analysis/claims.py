@@ -102,12 +102,15 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("flamingo_layers_deep.every_vs_fourth", FLAMINGO, "Table 3 (iii) 'cross-attention frequency' (every 70.7, "
           "every 4th 68.8) [recall]", "cross-attention before every LM layer beats every fourth layer.",
           "flamingo_layers_deep", MULTI, Variant("every 1", {"bridge.xattn_layers": XATTN_EVERY}),
-          Variant("every 4", {"bridge.xattn_layers": "[3]"}), note="4-layer LM (world=deep)"),
+          Variant("every 4", {"bridge.xattn_layers": "[3]"}),
+          note="4-layer LM (world=deep), where every 4th is a single block before the last layer"),
     Claim("flamingo_layers_deep.fourth_vs_second", FLAMINGO, "Table 3 (iii) 'cross-attention frequency' (every 2nd "
           "68.2, every 4th 68.8, at 1.24 vs 1.02 s per step) [recall]",
           "a block every fourth layer does as well as every second, at fewer parameters and faster steps.",
           "flamingo_layers_deep", MULTI, Variant("every 4", {"bridge.xattn_layers": "[3]"}),
-          Variant("every 2", {"bridge.xattn_layers": "[1,3]"}), "no_worse", note="4-layer LM (world=deep)"),
+          Variant("every 2", {"bridge.xattn_layers": "[1,3]"}), "no_worse",
+          note="4-layer LM (world=deep), where every 4th is a single block before the last layer; in the paper's "
+               "24-layer LM it is 6 blocks"),
     Claim("flamingo_layers_deep.every_vs_middle", FLAMINGO, "Table 3 (iii) 'cross-attention frequency' (every 70.7, "
           "single in the middle 59.8) [recall]", "cross-attention before every LM layer beats a single block in the "
           "middle of the LM.", "flamingo_layers_deep", MULTI,
