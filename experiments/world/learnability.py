@@ -33,8 +33,9 @@ def measure(task: str, options: dict, steps: int, seed: int = 0, objects: int = 
     )
     start = time.perf_counter()
     model, quality = pretrain_lm(cfg, WorldConfig(), progress=False)
-    return {"task": task, "objects": objects, "options": options, "steps": steps, "seed": seed, "layers": model.config.num_hidden_layers,
-            "seconds": round(time.perf_counter() - start, 1), "text_qa": quality["text_qa"]}
+    return {"task": task, "objects": objects, "options": options, "steps": steps, "seed": seed,
+            "layers": model.config.num_hidden_layers, "seconds": round(time.perf_counter() - start, 1),
+            "text_qa": quality["text_qa"]}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -54,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not sep:
             parser.error(f"--option {item!r}: expected KEY=VALUE, e.g. spatial_ask_by=shape")
         options[key] = yaml.safe_load(value)
-    print(json.dumps({**measure(args.task, options, args.steps, args.seed, args.objects, args.layers), "threads": args.threads}))
+    report = measure(args.task, options, args.steps, args.seed, args.objects, args.layers)
+    print(json.dumps({**report, "threads": args.threads}))
 
 
 if __name__ == "__main__":
