@@ -84,7 +84,13 @@ PAPERS = (FLAMINGO, BLIP2, INSTRUCTBLIP, LLAVA, EAGLE, MMFUSER, MPLUG)
 FINE = ("fine_detail",)
 MULTI = ("distractor",)  # the Flamingo sweeps: repro/flamingo_base (multi-image, N=4)
 FROZEN = '["bridge*","lm.new_tokens"]'
-XATTN_EVERY = "[0,1,2,3]"  # repro/flamingo_layers_deep: a block before each of the 4 LM layers
+# repro/flamingo_layers_deep's placements on the 4-layer LM (the LM layers a block sits before)
+EVERY_1 = Variant("every 1", {"bridge.xattn_layers": "[0,1,2,3]"})
+EVERY_2 = Variant("every 2", {"bridge.xattn_layers": "[1,3]"})
+EVERY_4 = Variant("every 4", {"bridge.xattn_layers": "[3]"})
+MIDDLE = Variant("middle", {"bridge.xattn_layers": "[2]"})
+DEEP_LM = "4-layer LM (world=deep)"
+ONE_ON_TOP = f"{DEEP_LM}, where every 4th is a single block before the last layer"
 
 CLAIMS: tuple[Claim, ...] = (
     Claim("flamingo_gate.tanh", FLAMINGO, "Table 3 (ii) 'tanh gating' (70.7 vs 66.5 without) [recall]",
@@ -101,21 +107,15 @@ CLAIMS: tuple[Claim, ...] = (
           Variant("every 2", {"bridge.cross_attn_every_n_layers": "2"})),
     Claim("flamingo_layers_deep.every_vs_fourth", FLAMINGO, "Table 3 (iii) 'cross-attention frequency' (every 70.7, "
           "every 4th 68.8) [recall]", "cross-attention before every LM layer beats every fourth layer.",
-          "flamingo_layers_deep", MULTI, Variant("every 1", {"bridge.xattn_layers": XATTN_EVERY}),
-          Variant("every 4", {"bridge.xattn_layers": "[3]"}),
-          note="4-layer LM (world=deep), where every 4th is a single block before the last layer"),
+          "flamingo_layers_deep", MULTI, EVERY_1, EVERY_4, note=ONE_ON_TOP),
     Claim("flamingo_layers_deep.fourth_vs_second", FLAMINGO, "Table 3 (iii) 'cross-attention frequency' (every 2nd "
           "68.2, every 4th 68.8, at 1.24 vs 1.02 s per step) [recall]",
           "a block every fourth layer does as well as every second, at fewer parameters and faster steps.",
-          "flamingo_layers_deep", MULTI, Variant("every 4", {"bridge.xattn_layers": "[3]"}),
-          Variant("every 2", {"bridge.xattn_layers": "[1,3]"}), "no_worse",
-          note="4-layer LM (world=deep), where every 4th is a single block before the last layer; in the paper's "
-               "24-layer LM it is 6 blocks"),
+          "flamingo_layers_deep", MULTI, EVERY_4, EVERY_2, "no_worse",
+          note=f"{ONE_ON_TOP}; in the paper's 24-layer LM it is 6 blocks"),
     Claim("flamingo_layers_deep.every_vs_middle", FLAMINGO, "Table 3 (iii) 'cross-attention frequency' (every 70.7, "
           "single in the middle 59.8) [recall]", "cross-attention before every LM layer beats a single block in the "
-          "middle of the LM.", "flamingo_layers_deep", MULTI,
-          Variant("every 1", {"bridge.xattn_layers": XATTN_EVERY}),
-          Variant("middle", {"bridge.xattn_layers": "[2]"}), note="4-layer LM (world=deep)"),
+          "middle of the LM.", "flamingo_layers_deep", MULTI, EVERY_1, MIDDLE, note=DEEP_LM),
     Claim("flamingo_layers_deep.gates", FLAMINGO, "appendix figure 'tanh gating values per layer over training' "
           "[recall]", "|tanh alpha| starts at 0 and grows during training, more in deeper layers.",
           "flamingo_layers_deep", MULTI, kind="gates", note="the every-layer runs on the 4-layer LM"),
