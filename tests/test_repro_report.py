@@ -22,7 +22,7 @@ import pytest
 from experiments.analysis.claims import CLAIMS, Claim, Variant
 from experiments.analysis.figure_verdicts import curve_verdict, gate_verdict
 from experiments.analysis.repro import main as repro
-from experiments.analysis.repro_report import build_report, judge_claim
+from experiments.analysis.repro_report import budget_line, build_report, judge_claim
 from experiments.analysis.verdict import Arm, judge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +96,7 @@ def test_collect_writes_scores_and_summary(tmp_path: Path) -> None:
     assert len(running) == 1 and running["bridge.select_layer"].item() == -1 and pd.isna(running["task"].item())
     assert (scores.loc[scores["status"] == "finished", "train_step_s"] == 0.5).all()  # 100 s / 200 steps
     assert set(scores["host"]) == {"testhost"}
+    assert set(scores["stage_steps"]) == {"align 200"} and scores["lm_layers"].isna().all()  # not a world LM
 
     summary = pd.read_csv(tmp_path / "results" / "llava15" / "summary.csv")
     assert len(summary) == 4  # 2 finished variants x 2 tasks; the running member is not averaged in
@@ -173,6 +174,7 @@ def test_report_verdicts_partial_and_not_run(tmp_path: Path) -> None:
     assert "`bridgelab sweep experiment=repro/llava15`" in text
     assert "`python -m experiments.analysis.repro collect runs/repro/llava15`" in text
     assert "host testhost (cpu, torch 2.14.1); runs 2026-12-01T10:00:00+00:00 – 2026-12-01T11:02:00+00:00" in text
+    assert "Budget (run.json): align 200 steps." in text
     assert "| llava15.mlp_connector | LLaVA-1.5 (Liu et al., 2023) |" in text
     connector = [line for line in text.splitlines() if line.startswith("| llava15.mlp_connector")]
     assert [line.split(" | ")[3:6] for line in connector] == [["attribute", "within noise", "partial |"],
@@ -185,6 +187,16 @@ def test_report_verdicts_partial_and_not_run(tmp_path: Path) -> None:
         assert f"| {claim.key} |" in text
     not_run = [line for line in text.splitlines() if line.startswith("| ") and line.endswith("| not run | not run |")]
     assert len(not_run) == sum(len(c.tasks) if c.kind == "compare" else 1 for c in others) + 2  # + penultimate x2
+
+
+def test_budget_line_counts_runs_per_budget() -> None:
+    """A sweep whose variants train different steps (repro/eagle_prealign) says how many runs had each."""
+    scores = pd.DataFrame({"run": ["a", "a", "b", "c"], "stage_steps": ["align 200", "align 200", "align 200",
+                                                                       "eagle_prealign 100 + align 200"],
+                           "lm_layers": [4.0, 4.0, 4.0, 4.0]})
+    assert budget_line(scores) == ("align 200 steps (2 runs), eagle_prealign 100 + align 200 steps (1 run); "
+                                   "world LM 4 layers")
+    assert budget_line(scores.drop(columns=["stage_steps", "lm_layers"])) == "–"  # collected before the columns
 
 
 def test_report_names_a_variant_filter_that_matches_no_column(tmp_path: Path) -> None:
@@ -260,6 +272,8 @@ def test_collect_and_curve_on_a_real_tiny_run(tiny_sweep: Path, tmp_path: Path) 
     assert scores[["bridge", "seed", "status", "task"]].values.tolist() == [["mlp", 0, "finished", "distractor"]]
     assert scores["host"].item() == record["host"] and scores["trainable_params"].item() > 0
     assert scores["n"].item() == 2 and 0 <= scores["exact_match"].item() <= 1
+    assert scores["stage_steps"].item() == "align 2"  # the command line's stages.align.max_steps=2
+    assert scores["lm_layers"].item() == 2  # world=tiny's LM at LMPretrainConfig's default depth
 
     out = tmp_path / "results" / "mplug_distractor" / "curve.csv"
     assert distractor_curve([str(tiny_sweep), "--n", "1,32,64", "--eval-size", "2", "--out", str(out),

@@ -10,7 +10,8 @@
   and any override whose value differs between members, seed excepted; the override's text as value), ``bridge``,
   ``seed``, ``status``, ``exact_match``, ``n``, the reference levels, the budget (``trainable_params``,
   ``flops_per_sample``, ``train_samples_per_s``, ``train_step_s`` = training seconds / optimiser steps over the
-  stages, ...) and the machine (``host``, ``accelerator``, ``torch``, ``started``, ``finished``, ``git_sha``);
+  stages, ...), what the runs trained (``stage_steps``, e.g. ``align 200``; ``lm_layers``, the world LM's depth)
+  and the machine (``host``, ``accelerator``, ``torch``, ``started``, ``finished``, ``git_sha``);
 * ``summary.csv``: mean, std and seed count per variant and task (finished runs only, via
   :func:`~experiments.analysis.tables.summarize`);
 * ``gates.csv`` when runs logged ``gate/...`` scalars into ``metrics.jsonl`` (long format: one row per run, step
@@ -44,7 +45,7 @@ from experiments.analysis.tables import summarize
 SCORE_COLUMNS = (
     "seed", "status", "task", "exact_match", "n", "chance", "random_image", "text_ceiling",
     "visual_tokens_per_media", "lm_tokens_per_media", "trainable_params", "total_params", "flops_per_sample",
-    "train_samples_per_s", "train_step_s", "peak_memory_mb", "host", "accelerator", "torch", "started", "finished",
+    "train_samples_per_s", "train_step_s", "stage_steps", "lm_layers", "peak_memory_mb", "host", "accelerator", "torch", "started", "finished",
     "git_sha", "run",
 )
 NOT_SWEPT = {"seed", "run_dir", "name", "experiment", "trainer.progress_bar", "hydra.run.dir", "hydra.sweep.dir"}
@@ -87,6 +88,18 @@ def sweeper_keys(sweep_dir: Path) -> list[str]:
     return [str(k).lstrip("+~") for k in params]
 
 
+def _world_lm_layers(config: dict[str, Any]) -> int | None:
+    """The depth of the world LM a run used (None when its LM is not the world's)."""
+    if (config.get("llm") or {}).get("world") is None:
+        return None
+    lm = (config.get("world") or {}).get("lm") or {}
+    if "num_layers" in lm:
+        return int(lm["num_layers"])
+    from experiments.world.pretrain_lm import LMPretrainConfig  # torch and transformers, only when needed
+
+    return LMPretrainConfig.num_layers
+
+
 def _run_facts(run_dir: Path) -> dict[str, Any]:
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     stages = record.get("stages") or []
@@ -96,6 +109,8 @@ def _run_facts(run_dir: Path) -> dict[str, Any]:
     return {
         "overrides": parse_overrides((record.get("tags") or {}).get("overrides") or []),
         "train_step_s": seconds / steps if seconds and steps else None,
+        "stage_steps": " + ".join(f"{s.get('name')} {s.get('max_steps')}" for s in stages) or None,
+        "lm_layers": _world_lm_layers(config),
         "host": record.get("machine") or record.get("host"),
         "accelerator": (config.get("trainer") or {}).get("accelerator"),
         "torch": (record.get("versions") or {}).get("torch"),
@@ -123,7 +138,7 @@ def score_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
         fallback = df["bridge"] if key == "bridge" else df.get(f"cfg.{key}", pd.Series(None, index=df.index))
         out[key] = [overrides[r].get(key, normalise(f) if pd.notna(f) else None)
                     for r, f in zip(df["run_dir"], fallback)]
-    for field in ("train_step_s", "host", "accelerator", "torch", "started", "finished"):
+    for field in ("train_step_s", "stage_steps", "lm_layers", "host", "accelerator", "torch", "started", "finished"):
         df[field] = df["run_dir"].map(lambda r, field=field: facts[r][field])
     for column in (*SCORE_COLUMNS, "run_dir"):
         out[column] = df[column] if column in df else None

@@ -108,6 +108,24 @@ def machine_line(scores: pd.DataFrame | None) -> str:
             f"git {', '.join(shas) or '–'}")
 
 
+def budget_line(scores: pd.DataFrame | None) -> str:
+    """The optimiser steps per stage and the world LM's depth the runs trained with, as run.json recorded them."""
+    if scores is None or scores.empty or "stage_steps" not in scores:
+        return "–"
+    runs = scores.drop_duplicates("run")
+
+    def counted(column: str, unit: str) -> str:
+        as_text = lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)  # noqa: E731
+        counts = runs[column].dropna().map(as_text).value_counts()
+        if len(counts) == 1:
+            return f"{counts.index[0]}{unit}"
+        return ", ".join(f"{value}{unit} ({n} run{'s' * (n > 1)})" for value, n in sorted(counts.items()))
+
+    steps = counted("stage_steps", " steps")
+    layers = runs["lm_layers"].dropna() if "lm_layers" in runs else pd.Series(dtype=float)
+    return steps + (f"; world LM {counted('lm_layers', ' layers')}" if not layers.empty else "")
+
+
 def variants_table(summary: pd.DataFrame) -> str:
     """Every variant of the sweep on every task: mean ± std (n seeds) with the reference levels and the budget."""
     keys = _swept(summary)
@@ -142,6 +160,7 @@ def experiment_section(results: Path, experiment: str, claims: list[Claim]) -> t
         lines.append(f"Collected {meta['collected']}: {meta['finished']} of {meta['runs']} run(s) finished "
                      f"({', '.join(f'{k} {v}' for k, v in meta['status'].items())}).")
     lines.append(f"Machine (run.json): {machine_line(scores)}.")
+    lines.append(f"Budget (run.json): {budget_line(scores)}.")
     if summary is not None and not summary.empty:
         lines += ["", variants_table(summary)]
         if (results / experiment / "summary.png").is_file():
@@ -207,8 +226,10 @@ def build_report(results: str | Path = "results/repro") -> str:
         "",
         f"Generated {now} by `python -m experiments.analysis.repro report` from `{results}/*/` (summary.csv, "
         "scores.csv, curve.csv, gates.csv) and the claims in `experiments/analysis/claims.py`; do not edit by hand. "
-        "Every sweep runs on the shared budget of `experiments/configs/experiment/repro/base.yaml` (the world's "
-        "frozen ViT and LM, 200 bridge steps of batch 64, 3 seeds); nothing is tuned per variant. Items without "
+        "Every sweep starts from the shared budget of `experiments/configs/experiment/repro/base.yaml` (the world's "
+        "frozen ViT and LM, 200 bridge steps of batch 64, 3 seeds); a sweep's own file may change the world, the "
+        "stages or the steps, and each section's Budget line says what its runs trained, read from their run.json. "
+        "Nothing is tuned per variant. Items without "
         "results say **not run**; a result that contradicts the paper is reported as such.",
         "",
         "## Verdict rule",
