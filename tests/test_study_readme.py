@@ -40,9 +40,9 @@ def test_the_report_commands_write_the_files_the_readme_links(tmp_path: Path, mo
     monkeypatch.chdir(tmp_path)
     commands = study_commands()
     for sweep, report in zip(commands[::2], commands[1::2]):
-        experiment = next(a for a in sweep if a.startswith("experiment="))
         short = [f"stages.{stage}.max_steps=2" for stage in compose(sweep[2:]).stages]  # align (and finetune)
-        assert main(["sweep", experiment, "bridge=mlp,hyper_attention", *TINY, *short]) == 0  # a tiny run of it
+        # the printed command's own overrides (a run_dir, a budget) first, then a tiny world, two bridges, 2 steps
+        assert main(["sweep", *sweep[2:], "bridge=mlp,hyper_attention", *TINY, *short]) == 0
         assert main(report[1:]) == 0
         out = tmp_path / report[4]
         scores = pd.read_csv(out / "scores.csv")
@@ -62,3 +62,38 @@ def test_the_token_count_table_is_the_committed_scores() -> None:
         for tokens, cell in zip((16, 4, 1), cells, strict=True):
             mean, std, count = stats.loc[(bridge, task, tokens)]
             assert cell == f"{mean:.3f} ± {std:.3f}" and count == 3, (bridge, task, tokens, cell)
+
+
+def study_table(marker: str) -> tuple[list[str], list[list[str]]]:
+    """The first markdown table after ``marker`` in the study section: its header cells and its bridge rows
+    (the *chance* / *random image* / *text ceiling* rows dropped, bold marks removed)."""
+    section = README.read_text().split("## bridgelab's own study", 1)[1].split("\n## ", 1)[0]
+    after = section.split(marker, 1)[1]
+    lines = [line for line in after.splitlines() if line.startswith("|")]
+    lines = lines[: next((i for i, line in enumerate(lines) if "*text ceiling*" in line), len(lines))]
+    header, *rows = ([cell.strip().replace("**", "").strip("`") for cell in line.strip("|").split("|")]
+                     for line in lines)
+    return header, [row for row in rows if not set(row[0]) <= {"-"} and not row[0].startswith("*")]
+
+
+@pytest.mark.parametrize("marker, results", [
+    ("**All ten bridges", "results/study/full_ablation"),
+    ("**The same study at 1500 + 1000 steps**", "results/study/full_ablation_long"),
+])
+def test_the_study_tables_are_the_committed_scores(marker: str, results: str) -> None:
+    """Every task cell of the README's study tables is mean ± std over the seeds committed in ``results`` (the mean
+    alone for one seed), with every bridge of the scores and no other; an ``n`` column is the number of seeds."""
+    header, rows = study_table(marker)
+    scores = pd.read_csv(README.parent / results / "scores.csv")
+    stats = scores.groupby(["bridge", "task"])["exact_match"].agg(["mean", "std", "count"])
+    tasks = [cell for cell in header if cell in set(scores["task"])]
+    assert tasks == sorted(set(scores["task"]), key=tasks.index) and len(tasks) == scores["task"].nunique()
+    assert {row[0] for row in rows} == set(scores["bridge"])
+    for row in rows:
+        cells = dict(zip(header, row, strict=True))
+        for task in tasks:
+            mean, std, count = stats.loc[(row[0], task)]
+            expected = f"{mean:.3f}" if count == 1 else f"{mean:.3f} ± {std:.3f}"  # one seed has no std
+            assert cells[task] == expected, (row[0], task, cells[task])
+            if "n" in cells:
+                assert int(cells["n"]) == count, (row[0], task)
