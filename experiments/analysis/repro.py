@@ -45,8 +45,8 @@ from experiments.analysis.tables import summarize
 SCORE_COLUMNS = (
     "seed", "status", "task", "exact_match", "n", "chance", "random_image", "text_ceiling",
     "visual_tokens_per_media", "lm_tokens_per_media", "trainable_params", "total_params", "flops_per_sample",
-    "train_samples_per_s", "train_step_s", "stage_steps", "lm_layers", "peak_memory_mb", "host", "accelerator", "torch", "started", "finished",
-    "git_sha", "run",
+    "train_samples_per_s", "train_step_s", "stage_steps", "lm_layers", "peak_memory_mb", "host", "accelerator",
+    "torch", "started", "finished", "git_sha", "run",
 )
 NOT_SWEPT = {"seed", "run_dir", "name", "experiment", "trainer.progress_bar", "hydra.run.dir", "hydra.sweep.dir"}
 
