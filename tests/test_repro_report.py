@@ -197,6 +197,8 @@ def test_budget_line_counts_runs_per_budget() -> None:
     assert budget_line(scores) == ("align 200 steps (2 runs), eagle_prealign 100 + align 200 steps (1 run); "
                                    "world LM 4 layers")
     assert budget_line(scores.drop(columns=["stage_steps", "lm_layers"])) == "–"  # collected before the columns
+    hf_lm = scores.assign(lm_layers=float("nan"))  # an LM that is not the world's: no depth recorded
+    assert budget_line(hf_lm) == "align 200 steps (2 runs), eagle_prealign 100 + align 200 steps (1 run)"
 
 
 def test_report_names_a_variant_filter_that_matches_no_column(tmp_path: Path) -> None:

@@ -19,8 +19,13 @@ TINY = ["world=tiny", "data.train_size=16", "data.eval_size=6", "data.tasks=[att
         "train.effective_batch_size=4", "eval.batch_size=6", "trainer.progress_bar=false", "seed=0"]
 
 
+def study_section() -> str:
+    """The README's "bridgelab's own study" section, up to the next second-level heading."""
+    return README.read_text().split("## bridgelab's own study", 1)[1].split("\n## ", 1)[0]
+
+
 def study_commands() -> list[list[str]]:
-    section = README.read_text().split("## bridgelab's own study", 1)[1].split("\n## ", 1)[0]
+    section = study_section()
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     assert blocks, "the study section lost its command blocks"
     return [shlex.split(line) for block in blocks for line in block.strip().splitlines()]
@@ -67,8 +72,7 @@ def test_the_token_count_table_is_the_committed_scores() -> None:
 def study_table(marker: str) -> tuple[list[str], list[list[str]]]:
     """The first markdown table after ``marker`` in the study section: its header cells and its bridge rows
     (the *chance* / *random image* / *text ceiling* rows dropped, bold marks removed)."""
-    section = README.read_text().split("## bridgelab's own study", 1)[1].split("\n## ", 1)[0]
-    after = section.split(marker, 1)[1]
+    after = study_section().split(marker, 1)[1]
     lines = [line for line in after.splitlines() if line.startswith("|")]
     lines = lines[: next((i for i, line in enumerate(lines) if "*text ceiling*" in line), len(lines))]
     header, *rows = ([cell.strip().replace("**", "").strip("`") for cell in line.strip("|").split("|")]

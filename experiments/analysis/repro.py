@@ -48,6 +48,8 @@ SCORE_COLUMNS = (
     "train_samples_per_s", "train_step_s", "stage_steps", "lm_layers", "peak_memory_mb", "host", "accelerator",
     "torch", "started", "finished", "git_sha", "run",
 )
+RUN_FACTS = ("train_step_s", "stage_steps", "lm_layers", "host", "accelerator", "torch", "started", "finished")
+"""The fields of ``SCORE_COLUMNS`` that come from a run's ``run.json`` rather than its scores (see ``_run_facts``)."""
 NOT_SWEPT = {"seed", "run_dir", "name", "experiment", "trainer.progress_bar", "hydra.run.dir", "hydra.sweep.dir"}
 
 
@@ -101,6 +103,7 @@ def _world_lm_layers(config: dict[str, Any]) -> int | None:
 
 
 def _run_facts(run_dir: Path) -> dict[str, Any]:
+    """A run's overrides and its ``RUN_FACTS``, read from its ``run.json``."""
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     stages = record.get("stages") or []
     seconds = sum((s.get("perf") or {}).get("train_time_s") or 0.0 for s in stages)
@@ -138,7 +141,7 @@ def score_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
         fallback = df["bridge"] if key == "bridge" else df.get(f"cfg.{key}", pd.Series(None, index=df.index))
         out[key] = [overrides[r].get(key, normalise(f) if pd.notna(f) else None)
                     for r, f in zip(df["run_dir"], fallback)]
-    for field in ("train_step_s", "stage_steps", "lm_layers", "host", "accelerator", "torch", "started", "finished"):
+    for field in RUN_FACTS:
         df[field] = df["run_dir"].map(lambda r, field=field: facts[r][field])
     for column in (*SCORE_COLUMNS, "run_dir"):
         out[column] = df[column] if column in df else None

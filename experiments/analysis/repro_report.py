@@ -116,14 +116,15 @@ def budget_line(scores: pd.DataFrame | None) -> str:
 
     def counted(column: str, unit: str) -> str:
         as_text = lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)  # noqa: E731
+        if column not in runs:
+            return ""
         counts = runs[column].dropna().map(as_text).value_counts()
         if len(counts) == 1:
             return f"{counts.index[0]}{unit}"
         return ", ".join(f"{value}{unit} ({n} run{'s' * (n > 1)})" for value, n in sorted(counts.items()))
 
-    steps = counted("stage_steps", " steps")
-    layers = runs["lm_layers"].dropna() if "lm_layers" in runs else pd.Series(dtype=float)
-    return steps + (f"; world LM {counted('lm_layers', ' layers')}" if not layers.empty else "")
+    layers = counted("lm_layers", " layers")
+    return "; ".join(part for part in (counted("stage_steps", " steps"), layers and f"world LM {layers}") if part)
 
 
 def variants_table(summary: pd.DataFrame) -> str:
