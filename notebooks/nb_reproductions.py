@@ -85,23 +85,26 @@ def cells(md: Callable[[str], Cell], code: Callable[[str], Cell], params: Callab
             ## The distractor-resistance curve (mPLUG-Owl3)
 
             Accuracy against the number of images N for every bridge, from
-            `python -m experiments.analysis.distractor_curve runs/repro/mplug_distractor --out
-            results/repro/mplug_distractor/curve.csv`. Each curve stops at the first N that does not fit the LM's
-            context (prefix bridges put 16 tokens per image into the sequence, cross-attention bridges one) or the
-            stated memory budget; the reason is printed.
+            `python -m experiments.analysis.distractor_curve runs/repro/<experiment> --out
+            results/repro/<experiment>/curve.csv`: `mplug_distractor` at the shared 200 steps, `mplug_distractor_long`
+            at 1000. Each curve stops at the first N that does not fit the LM's context (prefix bridges put 16 tokens
+            per image into the sequence, cross-attention bridges one) or the stated memory budget; the reason is
+            printed.
             """
         ),
         code(
             r"""
-            curve_path = results / "mplug_distractor" / "curve.csv"
-            if curve_path.exists():
+            for experiment in ("mplug_distractor", "mplug_distractor_long"):
+                curve_path = results / experiment / "curve.csv"
+                if not curve_path.exists():
+                    print(f"distractor curve: not run yet ({curve_path} missing)")
+                    continue
                 curve = pd.read_csv(curve_path)
+                display(Markdown(f"**experiment=repro/{experiment}**"))
                 display(curve_points(curve).pivot(index="n_images", columns="bridge", values="mean").round(3))
                 for bridge, reason in stop_reasons(curve).items():
                     print(f"{bridge}: {reason}")
-                display(Image(filename=str(plot_curve(curve, out / "distractor_curve.png"))))
-            else:
-                print(f"distractor curve: not run yet ({curve_path} missing)")
+                display(Image(filename=str(plot_curve(curve, out / f"{experiment}_curve.png"))))
             """
         ),
         md(

@@ -212,6 +212,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("mplug_distractor.curve", MPLUG, "Sec. 4.4 'distractor resistance' figure (up to 400 images) [recall]",
           "Hyper Attention keeps its accuracy as distractor images are added, and fits more images than "
           "prefix bridges.", "mplug_distractor", ("distractor",), kind="curve"),
+    Claim("mplug_distractor_long.curve", MPLUG, "Sec. 4.4 'distractor resistance' figure (up to 400 images) [recall]",
+          "Hyper Attention keeps its accuracy as distractor images are added, and fits more images than "
+          "prefix bridges.", "mplug_distractor_long", ("distractor",), kind="curve",
+          note="repro/mplug_distractor at five times its steps (1000), to tell a budget result from a design one"),
     Claim("mplug_mirope.mi_rope", MPLUG, "Sec. 4.4 ablation of MI-RoPE [recall]",
           "giving the visual keys the rotary position of their <image> token helps.", "mplug_mirope",
           ("distractor",), Variant("MI-RoPE", {"bridge.mi_rope": "image_token"}),
