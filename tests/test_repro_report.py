@@ -331,8 +331,9 @@ def test_reproductions_notebook_renders_results_and_not_run(tmp_path: Path) -> N
     assert "verdict rule: d = mean(expected)" in text
     assert "llava15: not run yet" not in text and "blip2_queries: not run yet" in text
     assert "mlp: stopped at N=32: context: 591 > 512" in text
-    assert "distractor curve: not run yet" not in text and "gates of flamingo_gate: not run yet" not in text
-    for figure in ("llava15.png", "flamingo_gate.png", "distractor_curve.png", "flamingo_gates.png"):
+    assert "mplug_distractor/curve.csv missing" not in text and "gates of flamingo_gate: not run yet" not in text
+    assert "mplug_distractor_long/curve.csv missing" in text  # the longer sweep's curve: not among these results
+    for figure in ("llava15.png", "flamingo_gate.png", "mplug_distractor_curve.png", "flamingo_gates.png"):
         assert (tmp_path / "figures" / figure).stat().st_size > 1000, figure
     assert not (tmp_path / "figures" / "blip2_queries.png").exists()
 
