@@ -50,7 +50,8 @@ SCORE_COLUMNS = (
 )
 RUN_FACTS = ("train_step_s", "stage_steps", "lm_layers", "host", "accelerator", "torch", "started", "finished")
 """The fields of ``SCORE_COLUMNS`` that come from a run's ``run.json`` rather than its scores (see ``_run_facts``)."""
-NOT_SWEPT = {"seed", "run_dir", "launcher", "name", "experiment", "trainer.progress_bar", "hydra.run.dir", "hydra.sweep.dir"}
+NOT_SWEPT = {"seed", "run_dir", "launcher", "name", "experiment", "trainer.progress_bar", "hydra.run.dir",
+             "hydra.sweep.dir"}
 
 
 def normalise(value: Any) -> str:
