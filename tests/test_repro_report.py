@@ -412,3 +412,23 @@ def test_a_swept_null_variant_is_read_back_and_judged(tmp_path):
     claim = next(c for c in CLAIMS if c.key == "flamingo_video.frame_embeddings")
     (outcome,) = judge_claim(claim, summary)
     assert outcome.verdict == "holds", outcome.detail
+
+
+def test_a_launcher_given_to_part_of_a_sweep_is_not_a_swept_key(tmp_path: Path) -> None:
+    """Half of a sweep launched with ``launcher=joblib`` on the command line, half without: the runs differ in that
+    override, but the launcher does not change a result, so it must not split the tables (as it did for
+    repro/mplug_distractor_long before ``NOT_SWEPT`` named it)."""
+    import shutil
+
+    from experiments.analysis.repro import score_table
+
+    committed = REPO / "results" / "study" / "full_ablation_long"
+    for bridge in ("mlp", "eagle"):
+        shutil.copytree(committed / f"{bridge}_seed0", tmp_path / f"bridge={bridge},seed=0")
+    record_path = tmp_path / "bridge=mlp,seed=0" / "run.json"
+    record = json.loads(record_path.read_text())
+    record["tags"]["overrides"].append("launcher=joblib")
+    record_path.write_text(json.dumps(record))
+    scores, keys = score_table(tmp_path)
+    assert keys == ["bridge"] and "launcher" not in scores
+    assert sorted(set(scores["bridge"])) == ["eagle", "mlp"]
