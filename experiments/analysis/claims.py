@@ -83,6 +83,10 @@ PAPERS = (FLAMINGO, BLIP2, INSTRUCTBLIP, LLAVA, EAGLE, MMFUSER, MPLUG)
 
 FINE = ("fine_detail",)
 MULTI = ("distractor",)  # the Flamingo sweeps: repro/flamingo_base (multi-image, N=4)
+# mPLUG-Owl3's distractor-resistance figure (source, claim), checked at two budgets
+DISTRACTOR_CURVE = ("Sec. 4.4 'distractor resistance' figure (up to 400 images) [recall]",
+                    "Hyper Attention keeps its accuracy as distractor images are added, and fits more images than "
+                    "prefix bridges.")
 FROZEN = '["bridge*","lm.new_tokens"]'
 # repro/flamingo_layers_deep's placements on the 4-layer LM (the LM layers a block sits before)
 EVERY_1 = Variant("every 1", {"bridge.xattn_layers": "[0,1,2,3]"})
@@ -209,12 +213,9 @@ CLAIMS: tuple[Claim, ...] = (
           "the self (single-level deformable) step after the cross-attention helps.", "mmfuser_attention", FINE,
           Variant("with self step", {"bridge.attention": "deformable", "bridge.self_step": "true"}),
           Variant("without", {"bridge.attention": "deformable", "bridge.self_step": "false"})),
-    Claim("mplug_distractor.curve", MPLUG, "Sec. 4.4 'distractor resistance' figure (up to 400 images) [recall]",
-          "Hyper Attention keeps its accuracy as distractor images are added, and fits more images than "
-          "prefix bridges.", "mplug_distractor", ("distractor",), kind="curve"),
-    Claim("mplug_distractor_long.curve", MPLUG, "Sec. 4.4 'distractor resistance' figure (up to 400 images) [recall]",
-          "Hyper Attention keeps its accuracy as distractor images are added, and fits more images than "
-          "prefix bridges.", "mplug_distractor_long", ("distractor",), kind="curve",
+    Claim("mplug_distractor.curve", MPLUG, *DISTRACTOR_CURVE, "mplug_distractor", ("distractor",), kind="curve"),
+    Claim("mplug_distractor_long.curve", MPLUG, *DISTRACTOR_CURVE, "mplug_distractor_long", ("distractor",),
+          kind="curve",
           note="repro/mplug_distractor at five times its steps (1000), to tell a budget result from a design one"),
     Claim("mplug_mirope.mi_rope", MPLUG, "Sec. 4.4 ablation of MI-RoPE [recall]",
           "giving the visual keys the rotary position of their <image> token helps.", "mplug_mirope",
